@@ -1,0 +1,203 @@
+"""Decide which zombies are whose, when each owner's scope ends.
+
+The rules (see docs/how-it-works.rst):
+
+* A child spawned through Python belongs to what was running at the time: a
+  test phase, or a fixture's setup. It is judged when that owner's scope ends
+  (the test, or the wider-scoped fixture), never earlier and never by an
+  innocent test that happens to be running when it dies.
+* At a scope's end its children that are still running get up to ``grace``
+  seconds to finish exiting (``p.kill()`` without ``p.wait()``); a zombie then
+  is a leak of that scope. One still running is remembered, and if it dies
+  later it is a *late* leak of the same owner.
+* A zombie nobody recorded (a C extension's child) is blamed on the test during
+  which it appeared, unless it was already a zombie when that test started.
+
+The fast path, when no child has exited, is one ``waitid`` call per check.
+No pytest here: owners are plain values.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from . import processes, reaping
+from .spawns import Frame, Owner, SpawnRecord, SpawnRegistry
+
+
+@dataclass(frozen=True)
+class Leak:
+    """One zombie left behind, with everything the report needs."""
+
+    pid: int
+    argv: tuple[str, ...] | None
+    name: str
+    how: str
+    ended: processes.ExitStatus | None
+    owner: Owner
+    stack: tuple[Frame, ...] = ()
+    #: Found after its owner's scope had already been judged.
+    late: bool = False
+    #: The test that was running when a late leak was found.
+    found_during: str | None = None
+
+
+@dataclass
+class Verdict:
+    """What one check found: leaks of the scope that ended, and late ones."""
+
+    leaks: list[Leak] = field(default_factory=list)
+    late: list[Leak] = field(default_factory=list)
+
+
+class Tracker:
+    """Keeps the owner stack and judges scopes as they end."""
+
+    def __init__(self, registry: SpawnRegistry, grace: float) -> None:
+        self.registry = registry
+        self.grace = grace
+        #: The process the session belongs to; a forked copy never judges.
+        self.pid = os.getpid()
+        self._owners: list[Owner] = []
+        self._open_scopes: dict[Hashable, int] = {}
+        #: Owners of wider-scoped fixtures now set up, by ``id(fixturedef)``.
+        self.fixture_owners: dict[int, Owner] = {}
+
+    # --- ownership -----------------------------------------------------------
+
+    def push_owner(self, owner: Owner) -> None:
+        self._owners.append(owner)
+        self.registry.owner = owner
+
+    def pop_owner(self) -> None:
+        self._owners.pop()
+        self.registry.owner = self._owners[-1] if self._owners else None
+
+    def open_scope(self, key: Hashable) -> None:
+        self._open_scopes[key] = self._open_scopes.get(key, 0) + 1
+
+    def close_scope(self, key: Hashable) -> None:
+        count = self._open_scopes.get(key, 0) - 1
+        if count <= 0:
+            self._open_scopes.pop(key, None)
+        else:
+            self._open_scopes[key] = count
+
+    @property
+    def in_original_process(self) -> bool:
+        return os.getpid() == self.pid
+
+    # --- checks ----------------------------------------------------------------
+
+    def baseline(self) -> frozenset[processes.ChildIdentity]:
+        """Zombies that exist now and so can never be blamed on what follows."""
+        return processes.snapshot_zombies()
+
+    def judge_scope(
+        self,
+        key: Hashable,
+        current: Owner,
+        baseline: frozenset[processes.ChildIdentity] | None,
+    ) -> Verdict:
+        """Judge the scope ``key`` that just ended while ``current`` ran.
+
+        With a ``baseline`` (a test's end) every other zombie is looked at too:
+        late leaks of earlier owners, and unrecorded zombies that appeared since
+        the baseline was taken. Without one (a fixture's end) only the scope's
+        own children are judged; the test's own check follows shortly.
+        """
+        verdict = Verdict()
+        handled: set[int] = set()
+        records = self.registry.in_scope(key)
+        running = [r for r in records if self._settle(r, verdict, handled)]
+        allowed = all(r.owner is not None and r.owner.allowed for r in running)
+        if running and self.grace > 0 and not allowed:
+            processes.wait_for_exit((r.pid for r in running), self.grace)
+            still = [r for r in running if self._settle(r, verdict, handled)]
+        else:
+            still = running
+        for record in still:
+            record.left_running = True
+        self.registry.leave_scope(key)
+        self.close_scope(key)
+        if baseline is not None:
+            self._collect_other_zombies(current, baseline, handled, verdict)
+        return verdict
+
+    def _settle(self, record: SpawnRecord, verdict: Verdict, handled: set[int]) -> bool:
+        """Turn a record into a leak or drop it; ``True`` if it still runs."""
+        status = processes.child_status(record.pid)
+        if status == "running":
+            if processes.identify(record.pid) == record.identity:
+                return True
+            status = "gone"  # its pid now names someone we did not record
+        if status == "zombie" and processes.identify(record.pid) == record.identity:
+            handled.add(record.pid)
+            assert record.owner is not None
+            self._add_leak(record, record.owner, verdict.leaks, late=False)
+        else:
+            self.registry.discard(record)
+        return False
+
+    def _collect_other_zombies(
+        self,
+        current: Owner,
+        baseline: frozenset[processes.ChildIdentity],
+        handled: set[int],
+        verdict: Verdict,
+    ) -> None:
+        for zombie in processes.zombie_children():
+            pid = zombie.identity.pid
+            if pid in handled:
+                continue
+            record = self.registry.get(zombie.identity)
+            if record is not None:
+                owner = record.owner
+                if owner is None or owner.scope_key in self._open_scopes:
+                    # Spawned outside any test, a stdlib helper, or a child of a
+                    # fixture that is still set up and may yet wait for it.
+                    continue
+                self._add_leak(
+                    record, owner, verdict.late, late=True, found_during=current.nodeid
+                )
+            elif zombie.identity not in baseline:
+                unknown = SpawnRecord(zombie.identity, None, "unknown", (), current)
+                self._add_leak(unknown, current, verdict.leaks, late=False)
+
+    def _add_leak(
+        self,
+        record: SpawnRecord,
+        owner: Owner,
+        into: list[Leak],
+        *,
+        late: bool,
+        found_during: str | None = None,
+    ) -> None:
+        state = processes.read_child(record.pid)
+        # Read how it ended before reaping, where the platform allows that.
+        ended = processes.exit_status(record.pid)
+        reaped = reaping.reap_zombie(record.pid, record)
+        self.registry.discard(record)
+        into.append(
+            Leak(
+                pid=record.pid,
+                argv=record.argv,
+                name=state.name if state is not None else "?",
+                how=record.how,
+                ended=ended or reaped,
+                owner=owner,
+                stack=record.stack,
+                late=late,
+                found_during=found_during,
+            )
+        )
+
+    def running_leftovers(self) -> list[SpawnRecord]:
+        """Children that outlived their owner's scope and still run."""
+        return [
+            r
+            for r in self.registry.all_records()
+            if r.left_running and processes.child_status(r.pid) == "running"
+        ]
