@@ -211,6 +211,9 @@ def install(registry: SpawnRegistry) -> None:
         if hasattr(os, name):
             _patch(os, name, _wrap_posix_spawn)
     _patch(_posixsubprocess, "fork_exec", _wrap_fork_exec)
+    if getattr(subprocess, "_fork_exec", None) is not None:
+        # Python 3.11+ binds fork_exec into subprocess at import time.
+        _patch(subprocess, "_fork_exec", _wrap_fork_exec)
     _patch(subprocess.Popen, "_execute_child", _wrap_execute_child)
     _patch(multiprocessing.process.BaseProcess, "start", _wrap_process_start)
     _register_existing_children(registry)

@@ -1,0 +1,193 @@
+"""Spawn capture, tested directly: each wrapper records the real child."""
+
+from __future__ import annotations
+
+import _posixsubprocess  # type: ignore[import-not-found,unused-ignore]
+import multiprocessing
+import os
+import pty
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conftest import wait_until_zombie
+from pytest_nozombies import processes, spawns
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX only")
+
+OWNER = spawns.Owner("tests/test_x.py::test_a", "call")
+
+
+@pytest.fixture
+def registry() -> Iterator[spawns.SpawnRegistry]:
+    originals = (os.fork, _posixsubprocess.fork_exec, _execute_child())
+    registry = spawns.SpawnRegistry()
+    spawns.install(registry)
+    registry.owner = OWNER
+    try:
+        yield registry
+    finally:
+        spawns.uninstall()
+    assert (os.fork, _posixsubprocess.fork_exec, _execute_child()) == originals
+
+
+def _execute_child() -> object:
+    return getattr(subprocess.Popen, "_execute_child")  # noqa: B009 - private
+
+
+def this_file_lines(record: spawns.SpawnRecord) -> list[int]:
+    return [f.lineno for f in record.stack if f.filename == __file__]
+
+
+def test_popen_is_recorded_with_argv_holder_owner_and_stack(
+    registry: spawns.SpawnRegistry,
+) -> None:
+    with subprocess.Popen(["sh", "-c", "exit 3"]) as proc:
+        record = registry.by_pid(proc.pid)
+        assert record is not None
+        assert record.argv == ("sh", "-c", "exit 3")
+        assert record.how == "subprocess.Popen"
+        assert record.owner == OWNER
+        assert record.holder is not None
+        assert record.holder() is proc
+        assert not record.stdlib_helper
+        assert this_file_lines(record)  # the spawning line is in this file
+    assert proc.returncode == 3
+
+
+def test_shell_popen_records_the_real_argv(registry: spawns.SpawnRegistry) -> None:
+    with subprocess.Popen("exit 0", shell=True) as proc:
+        record = registry.by_pid(proc.pid)
+        assert record is not None
+        assert record.argv == ("/bin/sh", "-c", "exit 0")
+
+
+def test_fork_is_recorded_and_returns_the_pid(registry: spawns.SpawnRegistry) -> None:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os._exit(0)
+    try:
+        record = registry.by_pid(pid)
+        assert record is not None
+        assert record.how == "os.fork"
+        assert record.argv is None
+        assert record.identity.pid == pid
+    finally:
+        os.waitpid(pid, 0)
+
+
+def test_forkpty_is_recorded(registry: spawns.SpawnRegistry) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - child
+        os._exit(0)
+    try:
+        record = registry.by_pid(pid)
+        assert record is not None
+        assert record.how == "os.forkpty"
+    finally:
+        os.close(fd)
+        os.waitpid(pid, 0)
+
+
+def test_posix_spawn_is_recorded(registry: spawns.SpawnRegistry) -> None:
+    pid = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 0"], os.environ)
+    try:
+        record = registry.by_pid(pid)
+        assert record is not None
+        assert record.how == "os.posix_spawn"
+        assert record.argv == ("sh", "-c", "exit 0")
+    finally:
+        os.waitpid(pid, 0)
+
+
+def _do_nothing() -> None:
+    pass
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_multiprocessing_process_is_its_holder(
+    registry: spawns.SpawnRegistry, method: str
+) -> None:
+    context: Any = multiprocessing.get_context(method)
+    process: multiprocessing.Process = context.Process(target=_do_nothing)
+    process.start()
+    try:
+        assert process.pid is not None
+        record = registry.by_pid(process.pid)
+        assert record is not None
+        assert record.how.startswith("multiprocessing.Process(name=")
+        assert record.holder is not None
+        assert record.holder() is process
+    finally:
+        process.join()
+    assert process.exitcode == 0
+
+
+def test_child_reaped_by_sigchld_ignore_is_not_recorded(
+    registry: spawns.SpawnRegistry,
+) -> None:
+    import signal
+
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait()
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    record = registry.by_pid(proc.pid)
+    # Either never identified (already gone) or recorded while it still ran;
+    # in both cases nothing claims a process that is not there.
+    assert record is None or record.identity.pid == proc.pid
+
+
+def test_stdlib_helpers_have_no_owner(registry: spawns.SpawnRegistry) -> None:
+    # Recognised by the module its command line runs, as multiprocessing's
+    # resource tracker and forkserver are started.
+    argv = [sys.executable, "-c", "import multiprocessing.resource_tracker"]
+    with subprocess.Popen(argv) as proc:
+        record = registry.by_pid(proc.pid)
+        assert record is not None
+        assert record.stdlib_helper
+        assert record.owner is None
+    assert proc.returncode == 0
+
+
+def test_registry_replaces_a_reused_pid(registry: spawns.SpawnRegistry) -> None:
+    proc = subprocess.Popen(["sh", "-c", "exit 0"])
+    wait_until_zombie(proc.pid)
+    first = registry.by_pid(proc.pid)
+    assert first is not None
+    stale = spawns.SpawnRecord(
+        processes.ChildIdentity(proc.pid, first.identity.start_time + 1),
+        ("older",),
+        "os.fork",
+        (),
+        OWNER,
+    )
+    # get() matches pid *and* start time: a stale identity finds nothing.
+    assert registry.get(stale.identity) is None
+    assert registry.get(first.identity) is first
+    registry.add(stale)
+    assert registry.by_pid(proc.pid) is stale
+    assert registry.in_scope(OWNER.scope_key) == [stale]
+    registry.discard(stale)
+    assert registry.in_scope(OWNER.scope_key) == []
+    proc.wait()
+
+
+def test_nothing_is_recorded_without_spawns(registry: spawns.SpawnRegistry) -> None:
+    before = len(registry.all_records())
+    sum(range(1000))
+    assert len(registry.all_records()) == before
+
+
+def test_owner_descriptions() -> None:
+    assert OWNER.describe() == "tests/test_x.py::test_a (call)"
+    fixture = spawns.Owner("t.py::t", "setup", fixture="server", scope="module")
+    assert fixture.describe() == "fixture 'server' (module scope, setup of t.py::t)"
+    assert fixture.scope_key != OWNER.scope_key
+    function_fixture = spawns.Owner("tests/test_x.py::test_a", "setup", fixture="f")
+    assert function_fixture.scope_key == OWNER.scope_key
