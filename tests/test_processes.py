@@ -17,12 +17,23 @@ from pytest_nozombies import processes
 pytestmark = pytest.mark.skipif(not processes.SUPPORTED, reason="POSIX only")
 
 WAIT_FOR_STDIN = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+SAY_READY_THEN_WAIT = [
+    sys.executable,
+    "-c",
+    "import sys; print('ready', flush=True); sys.stdin.read()",
+]
 
 
 @pytest.fixture
 def child() -> Iterator[subprocess.Popen[bytes]]:
-    """A child that runs until its stdin is closed."""
-    with subprocess.Popen(WAIT_FOR_STDIN, stdin=subprocess.PIPE) as proc:
+    """A child that has finished starting up and runs until stdin is closed."""
+    with subprocess.Popen(
+        SAY_READY_THEN_WAIT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as proc:
+        # Popen returns once exec has begun, but the kernel fills in the new
+        # command line a little later: wait until the child runs Python code.
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
         yield proc
         proc.kill()
 
@@ -115,7 +126,7 @@ def test_identity_tells_two_children_apart(child: subprocess.Popen[bytes]) -> No
 
 
 def test_cmdline_is_readable_while_alive_only(child: subprocess.Popen[bytes]) -> None:
-    assert processes.read_cmdline(child.pid) == tuple(WAIT_FOR_STDIN)
+    assert processes.read_cmdline(child.pid) == tuple(SAY_READY_THEN_WAIT)
     proc = exited_child(0)
     try:
         assert processes.read_cmdline(proc.pid) is None

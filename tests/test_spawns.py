@@ -6,6 +6,7 @@ import _posixsubprocess  # type: ignore[import-not-found,unused-ignore]
 import multiprocessing
 import os
 import pty
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,7 +54,7 @@ def test_popen_is_recorded_with_argv_holder_owner_and_stack(
         assert record.owner == OWNER
         assert record.holder is not None
         assert record.holder() is proc
-        assert not record.stdlib_helper
+        assert record.exempt is None
         assert this_file_lines(record)  # the spawning line is in this file
     assert proc.returncode == 3
 
@@ -150,7 +151,7 @@ def test_stdlib_helpers_have_no_owner(registry: spawns.SpawnRegistry) -> None:
     with subprocess.Popen(argv) as proc:
         record = registry.by_pid(proc.pid)
         assert record is not None
-        assert record.stdlib_helper
+        assert record.exempt == "standard library helper"
         assert record.owner is None
     assert proc.returncode == 0
 
@@ -191,3 +192,17 @@ def test_owner_descriptions() -> None:
     assert fixture.scope_key != OWNER.scope_key
     function_fixture = spawns.Owner("tests/test_x.py::test_a", "setup", fixture="f")
     assert function_fixture.scope_key == OWNER.scope_key
+
+
+def test_ignored_command_lines_have_no_owner(registry: spawns.SpawnRegistry) -> None:
+    registry.ignore = (re.compile(r"^sh -c 'exit 4'$"),)
+    with subprocess.Popen(["sh", "-c", "exit 4"]) as ignored:
+        record = registry.by_pid(ignored.pid)
+        assert record is not None
+        assert record.exempt == "nozombies_ignore"
+        assert record.owner is None
+    with subprocess.Popen(["sh", "-c", "exit 5"]) as kept:
+        record = registry.by_pid(kept.pid)
+        assert record is not None
+        assert record.exempt is None
+        assert record.owner == OWNER

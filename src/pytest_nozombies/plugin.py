@@ -26,6 +26,7 @@ tracker_key = pytest.StashKey[Tracker]()
 session_leaks_key = pytest.StashKey[list[Leak]]()
 baseline_key = pytest.StashKey[frozenset[processes.ChildIdentity]]()
 owner_key = pytest.StashKey[Owner]()
+leftovers_key = pytest.StashKey[list[spawns.SpawnRecord]]()
 
 _fixture_serials = itertools.count(1)
 
@@ -42,6 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if resolved.mode == "off" or not processes.SUPPORTED:
         return
     registry = spawns.SpawnRegistry()
+    registry.ignore = resolved.ignore
     spawns.install(registry)
     config.add_cleanup(spawns.uninstall)
     config.stash[tracker_key] = Tracker(registry, resolved.grace)
@@ -200,14 +202,21 @@ def pytest_fixture_post_finalizer(
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    # trylast: runs after the runner has torn down the session's fixtures.
     config = session.config
-    if config.stash.get(settings_key, None) is None:
+    tracker = _tracker(config)
+    if tracker is None:
         return
-    if config.stash[settings_key].mode != "fail":
-        return
-    leaks = config.stash[session_leaks_key]
-    if leaks and session.exitstatus == pytest.ExitCode.OK:
-        # Late and fixture leaks were found after their test had reported.
+    resolved = config.stash[settings_key]
+    if resolved.running != "ignore":
+        leftovers = _guarded(config, tracker.running_leftovers) or []
+        config.stash[leftovers_key] = leftovers
+    failing = bool(config.stash[session_leaks_key]) and resolved.mode == "fail"
+    if resolved.running == "fail" and config.stash.get(leftovers_key, None):
+        failing = True
+    if failing and session.exitstatus == pytest.ExitCode.OK:
+        # Late, fixture and running leftovers were found after their test had
+        # reported: only the exit code can still say so.
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -216,6 +225,8 @@ def pytest_terminal_summary(
 ) -> None:
     leaks = config.stash.get(session_leaks_key, [])
     reporting.write_summary(terminalreporter, leaks, config.rootpath)
+    leftovers = config.stash.get(leftovers_key, [])
+    reporting.write_leftovers(terminalreporter, leftovers, config.rootpath)
 
 
 def _guarded(config: pytest.Config, func: Any, *args: Any) -> Any:

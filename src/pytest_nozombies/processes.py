@@ -60,6 +60,7 @@ class ChildState:
     identity: ChildIdentity
     zombie: bool
     name: str
+    parent: int
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,8 @@ class ExitStatus:
 # --- Linux /proc readers -----------------------------------------------------
 
 
-def _read_stat(pid: int) -> tuple[str, str, float] | None:
-    """Return ``(state, name, start_time)`` from ``/proc/PID/stat``."""
+def _read_stat(pid: int) -> tuple[str, str, int, float] | None:
+    """Return ``(state, name, parent pid, start_time)`` from ``/proc/PID/stat``."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
@@ -105,7 +106,7 @@ def _read_stat(pid: int) -> tuple[str, str, float] | None:
     fields = tail.split()
     if len(fields) < 20:  # pragma: no cover - truncated read
         return None
-    return fields[0].decode(), name, float(fields[19])
+    return fields[0].decode(), name, int(fields[1]), float(fields[19])
 
 
 def _linux_child_pids() -> list[int]:
@@ -144,6 +145,7 @@ def _psutil_state(pid: int) -> ChildState | None:
                 ChildIdentity(pid, proc.create_time()),
                 proc.status() == psutil.STATUS_ZOMBIE,
                 proc.name(),
+                proc.ppid(),
             )
     except (psutil.Error, OSError):
         return None
@@ -165,8 +167,8 @@ def read_child(pid: int) -> ChildState | None:
         stat = _read_stat(pid)
         if stat is None:
             return None
-        state, name, start = stat
-        return ChildState(ChildIdentity(pid, start), state in ("Z", "X"), name)
+        state, name, parent, start = stat
+        return ChildState(ChildIdentity(pid, start), state in ("Z", "X"), name, parent)
     return _psutil_state(pid)
 
 

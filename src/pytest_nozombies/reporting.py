@@ -14,7 +14,7 @@ import pytest
 
 from . import processes
 from .settings import Settings
-from .spawns import Frame, iter_user_frames
+from .spawns import Frame, SpawnRecord, iter_user_frames
 from .tracker import Leak
 
 
@@ -48,11 +48,6 @@ def _not_user_code() -> tuple[str, ...]:
 _EXCLUDED = _not_user_code()
 
 
-def spawn_frame(leak: Leak) -> Frame | None:
-    """The innermost frame of the user's own code in the spawning stack."""
-    return next(iter_user_frames(leak.stack, _EXCLUDED), None)
-
-
 def _relative(filename: str, root: Path) -> str:
     try:
         return str(Path(filename).relative_to(root))
@@ -65,14 +60,21 @@ def describe_command(leak: Leak) -> str:
     if leak.argv and leak.how not in _FORKS:
         return shlex.join(leak.argv)
     if leak.how == "unknown":
-        return f"[{leak.name}] (not spawned through Python: command line unknown)"
+        return (
+            f"[{leak.name}] (not spawned through Python, parent pid "
+            f"{leak.parent}: command line unknown)"
+        )
     # A forked child runs this interpreter's code; its name is what it last
     # exec'd, if anything.
     return f"[{leak.name}] (forked by {leak.how})"
 
 
 def describe_site(leak: Leak, root: Path) -> str:
-    frame = spawn_frame(leak)
+    return _site_of(leak.stack, root)
+
+
+def _site_of(stack: tuple[Frame, ...], root: Path) -> str:
+    frame = next(iter_user_frames(stack, _EXCLUDED), None)
     if frame is None:
         return "spawn site unknown"
     return f"{_relative(frame.filename, root)}:{frame.lineno}"
@@ -133,4 +135,25 @@ def write_summary(
         terminalreporter.write_line(
             f"{where}: pid {leak.pid} {describe_command(leak)}, {ended}, "
             f"spawned at {describe_site(leak, root)}{late}"
+        )
+
+
+def write_leftovers(
+    terminalreporter: pytest.TerminalReporter,
+    leftovers: Sequence[SpawnRecord],
+    root: Path,
+) -> None:
+    """List children still running at the end, with who left them."""
+    if not leftovers:
+        return
+    noun = "child" if len(leftovers) == 1 else "children"
+    terminalreporter.write_sep(
+        "=", f"nozombies: {len(leftovers)} {noun} still running", yellow=True
+    )
+    for record in leftovers:
+        owner = record.owner.describe() if record.owner else "outside any test"
+        command = shlex.join(record.argv) if record.argv else f"({record.how})"
+        site = _site_of(record.stack, root)
+        terminalreporter.write_line(
+            f"{owner}: pid {record.pid} {command}, spawned at {site}"
         )

@@ -1,7 +1,7 @@
 """Every setting in one place: declared once, read once, validated once.
 
-Each setting has a command-line option and an ini key sharing one help text;
-the command line wins. ``resolve`` turns them into a frozen ``Settings`` or
+Each setting has an ini key and most have a command-line option sharing one
+help text; the command line wins. ``resolve`` turns them into a frozen ``Settings`` or
 raises ``pytest.UsageError`` naming the setting, where its value came from and
 what is accepted, so a typo stops the run (exit code 4) before any test runs.
 """
@@ -9,19 +9,22 @@ what is accepted, so a typo stops the run (exit code 4) before any test runs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
 
 Mode = Literal["fail", "warn", "off"]
 MODES: tuple[Mode, ...] = ("fail", "warn", "off")
+Running = Literal["ignore", "warn", "fail"]
+RUNNING_CHOICES: tuple[Running, ...] = ("ignore", "warn", "fail")
 DEFAULT_GRACE = 1.0
 
 
 @dataclass(frozen=True)
 class Setting:
-    option: str
+    option: str | None
     ini: str
     default: str
     help: str
@@ -46,48 +49,80 @@ GRACE = Setting(
     "and that are still running to finish exiting (catches kill() without "
     "wait()).",
 )
-ALL = (MODE, GRACE)
+IGNORE = Setting(
+    None,
+    "nozombies_ignore",
+    "",
+    "Regular expressions, one per line; a child whose command line matches "
+    "one (re.search) is never a leak and is left alone.",
+)
+RUNNING = Setting(
+    None,
+    "nozombies_running",
+    "warn",
+    "Children still running at the end of the session, left by a test or "
+    "fixture: ignore them, warn (list them in the summary), or fail the run.",
+)
+ALL = (MODE, GRACE, IGNORE, RUNNING)
 
 
 @dataclass(frozen=True)
 class Settings:
     mode: Mode
     grace: float
+    running: Running = "warn"
+    ignore: tuple[re.Pattern[str], ...] = field(default=())
 
     def describe(self) -> str:
-        return f"mode={self.mode}, grace={self.grace:g}s"
+        text = f"mode={self.mode}, grace={self.grace:g}s, running={self.running}"
+        if self.ignore:
+            text += f", ignoring {len(self.ignore)} pattern(s)"
+        return text
 
 
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("nozombies", "zombie child processes (pytest-nozombies)")
     for setting in ALL:
-        group.addoption(
-            setting.option,
-            dest=setting.dest,
-            default=None,
-            metavar=setting.ini.removeprefix("nozombies_").upper(),
-            help=f"{setting.help} Default: {setting.default}. Ini: {setting.ini}.",
-        )
-        parser.addini(setting.ini, setting.help, default=setting.default)
+        if setting.option is not None:
+            group.addoption(
+                setting.option,
+                dest=setting.dest,
+                default=None,
+                metavar=setting.ini.removeprefix("nozombies_").upper(),
+                help=f"{setting.help} Default: {setting.default}. Ini: {setting.ini}.",
+            )
+    parser.addini(MODE.ini, MODE.help, default=MODE.default)
+    parser.addini(GRACE.ini, GRACE.help, default=GRACE.default)
+    parser.addini(IGNORE.ini, IGNORE.help, type="linelist", default=[])
+    parser.addini(RUNNING.ini, RUNNING.help, default=RUNNING.default)
 
 
 def resolve(config: pytest.Config) -> Settings:
     """Read and validate every setting, or raise ``pytest.UsageError``."""
-    return Settings(mode=_resolve_mode(config), grace=_resolve_grace(config))
+    return Settings(
+        mode=_resolve_mode(config),
+        grace=_resolve_grace(config),
+        running=_resolve_running(config),
+        ignore=_resolve_ignore(config),
+    )
 
 
 def _read(config: pytest.Config, setting: Setting) -> tuple[str, str]:
-    value = config.getoption(setting.dest)
+    value = config.getoption(setting.dest) if setting.option else None
     if value is not None:
         return str(value), f"{setting.option} (command line)"
-    where = f" in {config.inipath}" if config.inipath else ""
-    return str(config.getini(setting.ini)).strip(), f"{setting.ini} (ini{where})"
+    return str(config.getini(setting.ini)).strip(), _ini_source(config, setting)
 
 
 def _invalid(source: str, value: str, accepted: str) -> pytest.UsageError:
     return pytest.UsageError(
         f"pytest-nozombies: invalid value {value!r} for {source}; {accepted}"
     )
+
+
+def _ini_source(config: pytest.Config, setting: Setting) -> str:
+    where = f" in {config.inipath}" if config.inipath else ""
+    return f"{setting.ini} (ini{where})"
 
 
 def _resolve_mode(config: pytest.Config) -> Mode:
@@ -109,3 +144,26 @@ def _resolve_grace(config: pytest.Config) -> float:
     if not math.isfinite(grace) or grace < 0:
         raise _invalid(source, value, accepted)
     return grace
+
+
+def _resolve_running(config: pytest.Config) -> Running:
+    value, source = _read(config, RUNNING)
+    normalized = value.strip().lower()
+    for choice in RUNNING_CHOICES:
+        if normalized == choice:
+            return choice
+    raise _invalid(source, value, "expected one of: " + ", ".join(RUNNING_CHOICES))
+
+
+def _resolve_ignore(config: pytest.Config) -> tuple[re.Pattern[str], ...]:
+    patterns: list[re.Pattern[str]] = []
+    for line in config.getini(IGNORE.ini):
+        try:
+            patterns.append(re.compile(line))
+        except re.error as exc:
+            raise _invalid(
+                _ini_source(config, IGNORE),
+                line,
+                f"expected a Python regular expression ({exc})",
+            ) from None
+    return tuple(patterns)

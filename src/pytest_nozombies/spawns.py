@@ -17,6 +17,8 @@ import _posixsubprocess  # type: ignore[import-not-found,unused-ignore]
 import functools
 import multiprocessing.process
 import os
+import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -76,7 +78,8 @@ class SpawnRecord:
     stack: tuple[Frame, ...]
     owner: Owner | None
     holder: weakref.ref[Any] | None = None
-    stdlib_helper: bool = False
+    #: Why this child is never a leak: a stdlib helper, or nozombies_ignore.
+    exempt: str | None = None
     #: Set once the owner's scope ended with the child still running.
     left_running: bool = field(default=False)
 
@@ -91,6 +94,8 @@ class SpawnRegistry:
     def __init__(self) -> None:
         #: Set by the caller around each test and fixture; read at spawn time.
         self.owner: Owner | None = None
+        #: Command lines matching one of these are never leaks.
+        self.ignore: tuple[re.Pattern[str], ...] = ()
         self._records: dict[int, SpawnRecord] = {}
         self._by_scope: dict[Hashable, dict[int, SpawnRecord]] = {}
         self._lock = threading.Lock()
@@ -149,19 +154,29 @@ class SpawnRegistry:
         if identity is None:
             # Already reaped by someone else (SIGCHLD ignored): nothing to track.
             return
-        helper = argv is not None and any(
-            marker in arg for arg in argv for marker in _STDLIB_HELPERS
-        )
+        exempt = self._exemption(argv)
         self.add(
             SpawnRecord(
                 identity=identity,
                 argv=argv,
                 how=how,
                 stack=capture_stack(depth + 1),
-                owner=None if helper else self.owner,
-                stdlib_helper=helper,
+                # An exempt child has no owner, so no scope ever judges it.
+                owner=None if exempt else self.owner,
+                exempt=exempt,
             )
         )
+
+    def _exemption(self, argv: tuple[str, ...] | None) -> str | None:
+        if argv is None:
+            return None
+        if any(marker in arg for arg in argv for marker in _STDLIB_HELPERS):
+            return "standard library helper"
+        if self.ignore:
+            command = shlex.join(argv)
+            if any(pattern.search(command) for pattern in self.ignore):
+                return "nozombies_ignore"
+        return None
 
     def note_holder(self, pid: int, how: str, holder: object) -> None:
         record = self._records.get(pid)

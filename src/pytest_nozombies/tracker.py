@@ -42,6 +42,8 @@ class Leak:
     late: bool = False
     #: The test that was running when a late leak was found.
     found_during: str | None = None
+    #: Parent pid as the OS reported it (ours, or another thread's task).
+    parent: int | None = None
 
 
 @dataclass
@@ -191,6 +193,7 @@ class Tracker:
                 stack=record.stack,
                 late=late,
                 found_during=found_during,
+                parent=state.parent if state is not None else None,
             )
         )
 
@@ -199,5 +202,7 @@ class Tracker:
         return [
             r
             for r in self.registry.all_records()
-            if r.left_running and processes.child_status(r.pid) == "running"
+            if r.left_running
+            and processes.child_status(r.pid) == "running"
+            and processes.identify(r.pid) == r.identity
         ]
