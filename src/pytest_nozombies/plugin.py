@@ -53,10 +53,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [reporting.header_line(config.stash[settings_key])]
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        markers.check_item(item)
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # Every collected item, deselected or not: a typo never hides.
+    markers.check_item(item)
 
 
 def _tracker(config: pytest.Config) -> Tracker | None:
@@ -148,12 +147,17 @@ def _deliver(item: pytest.Item, leaks: list[Leak]) -> None:
     if item.config.stash[settings_key].mode == "fail":
         pytest.fail(text, pytrace=False)
     path, lineno, _ = item.location
-    warnings.warn_explicit(
-        reporting.ZombieWarning(text),
-        category=reporting.ZombieWarning,
-        filename=str(item.config.rootpath / path),
-        lineno=(lineno or 0) + 1,
-    )
+    try:
+        warnings.warn_explicit(
+            reporting.ZombieWarning(text),
+            category=reporting.ZombieWarning,
+            filename=str(item.config.rootpath / path),
+            lineno=(lineno or 0) + 1,
+        )
+    except reporting.ZombieWarning:
+        # -W error::pytest_nozombies.ZombieWarning: the same short message as
+        # fail mode, not a traceback through this plugin.
+        pytest.fail(text, pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)
