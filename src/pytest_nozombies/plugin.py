@@ -5,7 +5,10 @@
   child spawned there is tied to it.
 * After a test's teardown its scope is judged: a leak fails the test in its
   teardown (``fail``) or warns (``warn``); wider fixtures are judged when they
-  are finalized; late leaks are kept for the summary and the exit code.
+  are finalized; late leaks are blamed on the test that spawned them.
+* Every leak travels as a record on the teardown report (see results.py), so
+  the summary, the JSON report and the exit code see all of them, also under
+  pytest-xdist.
 """
 
 from __future__ import annotations
@@ -17,16 +20,15 @@ from typing import Any
 
 import pytest
 
-from . import markers, processes, reporting, settings, spawns
+from . import __version__, markers, processes, reporting, results, settings, spawns
 from .spawns import Owner
 from .tracker import Leak, Tracker, Verdict
 
 settings_key = pytest.StashKey[settings.Settings]()
 tracker_key = pytest.StashKey[Tracker]()
-session_leaks_key = pytest.StashKey[list[Leak]]()
+results_key = pytest.StashKey[results.RunResults]()
 baseline_key = pytest.StashKey[frozenset[processes.ChildIdentity]]()
 owner_key = pytest.StashKey[Owner]()
-leftovers_key = pytest.StashKey[list[spawns.SpawnRecord]]()
 
 _fixture_serials = itertools.count(1)
 
@@ -39,7 +41,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", markers.MARKER_LINE)
     resolved = settings.resolve(config)
     config.stash[settings_key] = resolved
-    config.stash[session_leaks_key] = []
+    run_results = config.stash[results_key] = results.RunResults()
+    config.pluginmanager.register(LeakCollector(run_results), "nozombies-results")
+    if config.pluginmanager.hasplugin("xdist") and not _is_worker(config):
+        from .xdist import XdistControllerHooks
+
+        config.pluginmanager.register(
+            XdistControllerHooks(run_results), "nozombies-xdist"
+        )
     if resolved.mode == "off" or not processes.SUPPORTED:
         return
     registry = spawns.SpawnRegistry()
@@ -47,6 +56,10 @@ def pytest_configure(config: pytest.Config) -> None:
     spawns.install(registry)
     config.add_cleanup(spawns.uninstall)
     config.stash[tracker_key] = Tracker(registry, resolved.grace)
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -73,6 +86,9 @@ def _run_as(tracker: Tracker, owner: Owner) -> Generator[None, object, object]:
         return (yield)
     finally:
         tracker.pop_owner()
+
+
+# --- the test protocol ----------------------------------------------------------
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -125,16 +141,23 @@ def _phase(owner: Owner, phase: str) -> Owner:
 def _judge_test(item: pytest.Item, tracker: Tracker, owner: Owner) -> list[Leak]:
     """Judge the test's scope; return its own reportable leaks."""
     baseline = item.stash.get(baseline_key, frozenset())
-    verdict = _guarded(
+    verdict: Verdict | None = _guarded(
         item.config, tracker.judge_scope, owner.scope_key, owner, baseline
     )
     if verdict is None:
         return []
-    session_leaks = item.config.stash[session_leaks_key]
     own = [leak for leak in verdict.leaks if not leak.owner.allowed]
-    session_leaks.extend(own)
-    session_leaks.extend(leak for leak in verdict.late if not leak.owner.allowed)
+    _keep(item.config, own)
+    _keep(item.config, [leak for leak in verdict.late if not leak.owner.allowed])
     return own
+
+
+def _keep(config: pytest.Config, leaks: list[Leak]) -> None:
+    """Queue leaks as records for the next report (and so the summary)."""
+    verdict = "failed" if config.stash[settings_key].mode == "fail" else "warned"
+    config.stash[results_key].pending.extend(
+        reporting.leak_record(leak, config.rootpath, verdict) for leak in leaks
+    )
 
 
 def _message(item: pytest.Item, leaks: list[Leak]) -> str:
@@ -158,6 +181,42 @@ def _deliver(item: pytest.Item, leaks: list[Leak]) -> None:
         # -W error::pytest_nozombies.ZombieWarning: the same short message as
         # fail mode, not a traceback through this plugin.
         pytest.fail(text, pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if call.when == "teardown":
+        found = item.config.stash[results_key].take_pending()
+        if found:
+            # A plain attribute survives xdist's serialization of the report;
+            # user_properties become JUnit XML <property> elements.
+            setattr(report, results.REPORT_ATTRIBUTE, found)
+            report.user_properties.extend(
+                (results.PROPERTY_NAME, reporting.leak_line(r)) for r in found
+            )
+    return report
+
+
+class LeakCollector:
+    """Reads the leak records off every report this process logs.
+
+    In a plain run that is every test's report; on an xdist controller, the
+    workers' reports as they arrive.
+    """
+
+    def __init__(self, run_results: results.RunResults) -> None:
+        self.run_results = run_results
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        found = getattr(report, results.REPORT_ATTRIBUTE, None)
+        if found:
+            self.run_results.leaks.extend(found)
+
+
+# --- fixtures wider than a test -----------------------------------------------
 
 
 @pytest.hookimpl(wrapper=True)
@@ -197,40 +256,66 @@ def pytest_fixture_post_finalizer(
     if verdict is None:
         return
     leaks = [leak for leak in verdict.leaks if not leak.owner.allowed]
-    request.config.stash[session_leaks_key].extend(leaks)
+    _keep(request.config, leaks)
     if leaks and request.config.stash[settings_key].mode == "warn":
         root = request.config.rootpath
         text = "\n".join(reporting.format_leak(leak, root) for leak in leaks)
         warnings.warn(reporting.ZombieWarning(text), stacklevel=1)
 
 
+# --- the end of the session -------------------------------------------------------
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # trylast: runs after the runner has torn down the session's fixtures.
     config = session.config
-    tracker = _tracker(config)
-    if tracker is None:
+    if config.stash.get(settings_key, None) is None:
         return
     resolved = config.stash[settings_key]
-    if resolved.running != "ignore":
-        leftovers = _guarded(config, tracker.running_leftovers) or []
-        config.stash[leftovers_key] = leftovers
-    failing = bool(config.stash[session_leaks_key]) and resolved.mode == "fail"
-    if resolved.running == "fail" and config.stash.get(leftovers_key, None):
+    run_results = config.stash[results_key]
+    tracker = _tracker(config)
+    if tracker is None and config.stash.get(tracker_key, None) is not None:
+        return  # a forked copy of the session: not ours to report
+    leftover: list[reporting.Record] = []
+    if tracker is not None and resolved.running != "ignore":
+        records = _guarded(config, tracker.running_leftovers) or []
+        leftover = [reporting.leftover_record(r, config.rootpath) for r in records]
+    late = run_results.take_pending()  # found after the last report
+    if _is_worker(config):
+        output: dict[str, Any] = getattr(config, "workeroutput", {})
+        output[results.REPORT_ATTRIBUTE] = late
+        output["nozombies_running"] = leftover
+        return
+    run_results.leaks.extend(late)
+    run_results.running.extend(leftover)
+    failing = bool(run_results.leaks) and resolved.mode == "fail"
+    if resolved.running == "fail" and run_results.running:
         failing = True
     if failing and session.exitstatus == pytest.ExitCode.OK:
         # Late, fixture and running leftovers were found after their test had
         # reported: only the exit code can still say so.
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if resolved.report is not None:
+        metadata = {
+            "plugin_version": __version__,
+            "pytest_version": pytest.__version__,
+            "settings": resolved.as_json(),
+        }
+        document = results.report_document(
+            run_results, metadata, int(session.exitstatus)
+        )
+        results.write_json_atomically(resolved.report, document)
 
 
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
-    leaks = config.stash.get(session_leaks_key, [])
-    reporting.write_summary(terminalreporter, leaks, config.rootpath)
-    leftovers = config.stash.get(leftovers_key, [])
-    reporting.write_leftovers(terminalreporter, leftovers, config.rootpath)
+    run_results = config.stash.get(results_key, None)
+    if run_results is not None:
+        reporting.write_summary(
+            terminalreporter, run_results.leaks, run_results.running
+        )
 
 
 def _guarded(config: pytest.Config, func: Any, *args: Any) -> Any:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import shlex
 import sysconfig
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import _pytest
 import pluggy
@@ -14,8 +15,10 @@ import pytest
 
 from . import processes
 from .settings import Settings
-from .spawns import Frame, SpawnRecord, iter_user_frames
+from .spawns import Frame, Owner, SpawnRecord, iter_user_frames
 from .tracker import Leak
+
+T = TypeVar("T")
 
 
 class ZombieWarning(pytest.PytestWarning):
@@ -70,13 +73,14 @@ def describe_command(leak: Leak) -> str:
 
 
 def describe_site(leak: Leak, root: Path) -> str:
-    return _site_of(leak.stack, root)
+    return _site_of(leak.stack, root, default="spawn site unknown")
 
 
-def _site_of(stack: tuple[Frame, ...], root: Path) -> str:
+def _site_of(stack: tuple[Frame, ...], root: Path, default: T) -> str | T:
+    """``path:line`` of the innermost frame in the user's own code."""
     frame = next(iter_user_frames(stack, _EXCLUDED), None)
     if frame is None:
-        return "spawn site unknown"
+        return default
     return f"{_relative(frame.filename, root)}:{frame.lineno}"
 
 
@@ -118,42 +122,107 @@ def header_line(settings: Settings) -> str:
     return f"nozombies: {settings.describe()}, children read from {source}"
 
 
+# --- records: what travels on reports, across xdist, into the JSON report ----
+
+#: A leak or a running leftover as plain JSON-able data.
+Record = dict[str, Any]
+
+
+def _ended_record(ended: processes.ExitStatus | None) -> Record | None:
+    if ended is None:
+        return None
+    signal_name = None
+    if ended.signal is not None:
+        signal_name = ended.describe().removeprefix("killed by ").split(" ")[0]
+    return {
+        "exit_code": ended.code,
+        "signal": ended.signal,
+        "signal_name": signal_name,
+        "core_dumped": ended.core_dumped,
+        "text": ended.describe(),
+    }
+
+
+def _owner_record(owner: Owner | None) -> Record:
+    if owner is None:
+        return {"nodeid": None, "phase": None, "fixture": None, "scope": None}
+    return {
+        "nodeid": owner.nodeid,
+        "phase": owner.phase,
+        "fixture": owner.fixture,
+        "scope": owner.scope,
+        "text": owner.describe(),
+    }
+
+
+def leak_record(leak: Leak, root: Path, verdict: str) -> Record:
+    """A leak as data: the JSON report's ``leaks`` entries (schema v1)."""
+    return {
+        "nodeid": leak.owner.nodeid,
+        "owner": _owner_record(leak.owner),
+        "pid": leak.pid,
+        "argv": list(leak.argv) if leak.argv else None,
+        "command": describe_command(leak),
+        "spawned_by": leak.how,
+        "ended": _ended_record(leak.ended),
+        "spawn_site": _site_of(leak.stack, root, default=None),
+        "stack": [
+            f"{_relative(f.filename, root)}:{f.lineno} in {f.function}"
+            for f in reversed(leak.stack)
+        ],
+        "late": leak.late,
+        "found_during": leak.found_during,
+        "verdict": verdict,
+    }
+
+
+def leftover_record(record: SpawnRecord, root: Path) -> Record:
+    """A child still running at the end: the JSON report's ``running`` entries."""
+    return {
+        "nodeid": record.owner.nodeid if record.owner else None,
+        "owner": _owner_record(record.owner),
+        "pid": record.pid,
+        "argv": list(record.argv) if record.argv else None,
+        "command": shlex.join(record.argv) if record.argv else f"({record.how})",
+        "spawned_by": record.how,
+        "spawn_site": _site_of(record.stack, root, default=None),
+    }
+
+
+def leak_line(record: Record) -> str:
+    """One line of the summary (and a JUnit XML property) for a leak."""
+    ended = record["ended"]["text"] if record["ended"] else "exit status unknown"
+    site = record["spawn_site"] or "spawn site unknown"
+    late = (
+        f" (late: found while {record['found_during']} ran)" if record["late"] else ""
+    )
+    return (
+        f"{record['owner']['text']}: pid {record['pid']} {record['command']}, "
+        f"{ended}, spawned at {site}{late}"
+    )
+
+
+def leftover_line(record: Record) -> str:
+    owner = record["owner"].get("text") or "outside any test"
+    site = record["spawn_site"] or "spawn site unknown"
+    return f"{owner}: pid {record['pid']} {record['command']}, spawned at {site}"
+
+
 def write_summary(
     terminalreporter: pytest.TerminalReporter,
-    leaks: Iterable[Leak],
-    root: Path,
+    leaks: Sequence[Record],
+    running: Sequence[Record],
 ) -> None:
-    leaks = list(leaks)
-    if not leaks:
-        return
-    noun = "zombie leak" if len(leaks) == 1 else "zombie leaks"
-    terminalreporter.write_sep("=", f"nozombies: {len(leaks)} {noun}", yellow=True)
-    for leak in leaks:
-        ended = leak.ended.describe() if leak.ended else "exit status unknown"
-        late = f" (late: found while {leak.found_during} ran)" if leak.late else ""
-        where = leak.owner.describe()
-        terminalreporter.write_line(
-            f"{where}: pid {leak.pid} {describe_command(leak)}, {ended}, "
-            f"spawned at {describe_site(leak, root)}{late}"
+    """The run's leaks, then the children still running, one line each."""
+    if leaks:
+        noun = "zombie leak" if len(leaks) == 1 else "zombie leaks"
+        terminalreporter.write_sep("=", f"nozombies: {len(leaks)} {noun}", yellow=True)
+        for record in leaks:
+            terminalreporter.write_line(leak_line(record))
+    if running:
+        noun = "child" if len(running) == 1 else "children"
+        terminalreporter.write_sep(
+            "=", f"nozombies: {len(running)} {noun} still running", yellow=True
         )
-
-
-def write_leftovers(
-    terminalreporter: pytest.TerminalReporter,
-    leftovers: Sequence[SpawnRecord],
-    root: Path,
-) -> None:
-    """List children still running at the end, with who left them."""
-    if not leftovers:
-        return
-    noun = "child" if len(leftovers) == 1 else "children"
-    terminalreporter.write_sep(
-        "=", f"nozombies: {len(leftovers)} {noun} still running", yellow=True
-    )
-    for record in leftovers:
-        owner = record.owner.describe() if record.owner else "outside any test"
-        command = shlex.join(record.argv) if record.argv else f"({record.how})"
-        site = _site_of(record.stack, root)
-        terminalreporter.write_line(
-            f"{owner}: pid {record.pid} {command}, spawned at {site}"
-        )
+        for record in running:
+            terminalreporter.write_line(leftover_line(record))

@@ -9,8 +9,11 @@ what is accepted, so a typo stops the run (exit code 4) before any test runs.
 from __future__ import annotations
 
 import math
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -63,7 +66,14 @@ RUNNING = Setting(
     "Children still running at the end of the session, left by a test or "
     "fixture: ignore them, warn (list them in the summary), or fail the run.",
 )
-ALL = (MODE, GRACE, IGNORE, RUNNING)
+REPORT = Setting(
+    "--nozombies-report",
+    "nozombies_report",
+    "",
+    "Write every leak of the run to this JSON file (schema: see the docs' "
+    "configuration reference). Relative paths start at the invocation folder.",
+)
+ALL = (MODE, GRACE, IGNORE, RUNNING, REPORT)
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,16 @@ class Settings:
     grace: float
     running: Running = "warn"
     ignore: tuple[re.Pattern[str], ...] = field(default=())
+    report: Path | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "mode": self.mode,
+            "grace": self.grace,
+            "running": self.running,
+            "ignore": [p.pattern for p in self.ignore],
+            "report": str(self.report) if self.report else None,
+        }
 
     def describe(self) -> str:
         text = f"mode={self.mode}, grace={self.grace:g}s, running={self.running}"
@@ -95,6 +115,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini(GRACE.ini, GRACE.help, default=GRACE.default)
     parser.addini(IGNORE.ini, IGNORE.help, type="linelist", default=[])
     parser.addini(RUNNING.ini, RUNNING.help, default=RUNNING.default)
+    parser.addini(REPORT.ini, REPORT.help, default=REPORT.default)
 
 
 def resolve(config: pytest.Config) -> Settings:
@@ -104,6 +125,7 @@ def resolve(config: pytest.Config) -> Settings:
         grace=_resolve_grace(config),
         running=_resolve_running(config),
         ignore=_resolve_ignore(config),
+        report=_resolve_report(config),
     )
 
 
@@ -167,3 +189,25 @@ def _resolve_ignore(config: pytest.Config) -> tuple[re.Pattern[str], ...]:
                 f"expected a Python regular expression ({exc})",
             ) from None
     return tuple(patterns)
+
+
+def _resolve_report(config: pytest.Config) -> Path | None:
+    value, source = _read(config, REPORT)
+    if not value:
+        return None
+    path = Path(config.invocation_params.dir, value)
+    accepted = "expected a file path in a folder this run can write to"
+    if path.is_dir():
+        raise _invalid(source, value, accepted + " (it is a folder)")
+    if hasattr(config, "workerinput"):
+        return path  # only the xdist controller writes it, and checked it
+    # Check now rather than fail after the whole run: create the folder and
+    # a scratch file the way the report will be written.
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=".nozombies-")
+        os.close(fd)
+        os.unlink(scratch)
+    except OSError as exc:
+        raise _invalid(source, value, f"{accepted} ({exc.strerror})") from None
+    return path

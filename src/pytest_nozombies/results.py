@@ -1,0 +1,74 @@
+"""What the run found, gathered where it is reported.
+
+Leaks are found in the process that ran the test (an xdist worker, or the
+only process) and travel as plain records: on the teardown report of the test
+during which they were found (so xdist carries them to the controller, and
+JUnit XML shows them as properties), or, when found after the last report,
+through xdist's ``workeroutput``. Whichever process prints the summary and
+writes the JSON report collects them here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .reporting import Record
+
+#: Attribute set on teardown reports; survives xdist's report serialization.
+REPORT_ATTRIBUTE = "nozombies_leaks"
+#: JUnit XML property name, one per leak.
+PROPERTY_NAME = "nozombies_leak"
+SCHEMA_ID = "pytest-nozombies-report"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class RunResults:
+    #: Found here and not yet attached to a report.
+    pending: list[Record] = field(default_factory=list)
+    #: Every leak reported in this run (from all workers, on the controller).
+    leaks: list[Record] = field(default_factory=list)
+    #: Children still running at the end of the session.
+    running: list[Record] = field(default_factory=list)
+
+    def take_pending(self) -> list[Record]:
+        pending, self.pending = self.pending, []
+        return pending
+
+
+def report_document(
+    results: RunResults, metadata: dict[str, Any], exit_status: int
+) -> dict[str, Any]:
+    """The JSON report (see docs/configuration.rst for the schema)."""
+    return {
+        "schema": SCHEMA_ID,
+        "version": SCHEMA_VERSION,
+        "run": {
+            **metadata,
+            "python_version": platform.python_version(),
+            "platform": sys.platform,
+            "exit_status": exit_status,
+        },
+        "leaks": results.leaks,
+        "running": results.running,
+    }
+
+
+def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
+    """Write to a scratch file beside ``path`` and rename it over ``path``."""
+    fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=".nozombies-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(document, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(scratch, path)
+    except BaseException:
+        os.unlink(scratch)
+        raise
