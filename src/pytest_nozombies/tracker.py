@@ -198,11 +198,17 @@ class Tracker:
         )
 
     def running_leftovers(self) -> list[SpawnRecord]:
-        """Children that outlived their owner's scope and still run."""
+        """Children that outlived their owner's scope and still run.
+
+        A test marked ``allow_zombies`` may leave children behind on purpose;
+        its children are not listed.
+        """
         return [
             r
             for r in self.registry.all_records()
             if r.left_running
+            and r.owner is not None
+            and not r.owner.allowed
             and processes.child_status(r.pid) == "running"
             and processes.identify(r.pid) == r.identity
         ]
