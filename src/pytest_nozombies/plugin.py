@@ -20,7 +20,16 @@ from typing import Any
 
 import pytest
 
-from . import __version__, markers, processes, reporting, results, settings, spawns
+from . import (
+    __version__,
+    markers,
+    processes,
+    reporting,
+    results,
+    settings,
+    spawns,
+    subreaper,
+)
 from .spawns import Owner
 from .tracker import Leak, Tracker, Verdict
 
@@ -51,11 +60,28 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     if resolved.mode == "off" or not processes.SUPPORTED:
         return
+    if resolved.subreaper:
+        _become_subreaper(config)
     registry = spawns.SpawnRegistry()
     registry.ignore = resolved.ignore
     spawns.install(registry)
     config.add_cleanup(spawns.uninstall)
-    config.stash[tracker_key] = Tracker(registry, resolved.grace)
+    config.stash[tracker_key] = Tracker(
+        registry, resolved.grace, adopt_orphans=resolved.subreaper
+    )
+
+
+def _become_subreaper(config: pytest.Config) -> None:
+    # Per process, not inherited: each xdist worker runs this for itself.
+    try:
+        previous = subreaper.is_subreaper()
+        subreaper.set_subreaper(True)
+    except OSError as exc:
+        raise pytest.UsageError(
+            f"pytest-nozombies: --nozombies-subreaper: could not become a child "
+            f"subreaper ({exc})"
+        ) from None
+    config.add_cleanup(lambda: subreaper.set_subreaper(previous))
 
 
 def _is_worker(config: pytest.Config) -> bool:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import pytest
+
+from . import subreaper
 
 Mode = Literal["fail", "warn", "off"]
 MODES: tuple[Mode, ...] = ("fail", "warn", "off")
@@ -73,7 +76,15 @@ REPORT = Setting(
     "Write every leak of the run to this JSON file (schema: see the docs' "
     "configuration reference). Relative paths start at the invocation folder.",
 )
-ALL = (MODE, GRACE, IGNORE, RUNNING, REPORT)
+SUBREAPER = Setting(
+    "--nozombies-subreaper",
+    "nozombies_subreaper",
+    "false",
+    "Linux only: make the test process a child subreaper, so orphaned "
+    "grandchildren (a double-forked daemon) come back to it and are checked "
+    "like children.",
+)
+ALL = (MODE, GRACE, IGNORE, RUNNING, REPORT, SUBREAPER)
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,7 @@ class Settings:
     running: Running = "warn"
     ignore: tuple[re.Pattern[str], ...] = field(default=())
     report: Path | None = None
+    subreaper: bool = False
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -91,19 +103,29 @@ class Settings:
             "running": self.running,
             "ignore": [p.pattern for p in self.ignore],
             "report": str(self.report) if self.report else None,
+            "subreaper": self.subreaper,
         }
 
     def describe(self) -> str:
         text = f"mode={self.mode}, grace={self.grace:g}s, running={self.running}"
         if self.ignore:
             text += f", ignoring {len(self.ignore)} pattern(s)"
+        if self.subreaper:
+            text += ", subreaper"
         return text
 
 
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("nozombies", "zombie child processes (pytest-nozombies)")
+    group.addoption(
+        "--nozombies-subreaper",
+        dest=SUBREAPER.dest,
+        action="store_true",
+        default=None,
+        help=f"{SUBREAPER.help} Ini: {SUBREAPER.ini}.",
+    )
     for setting in ALL:
-        if setting.option is not None:
+        if setting.option is not None and setting is not SUBREAPER:
             group.addoption(
                 setting.option,
                 dest=setting.dest,
@@ -116,6 +138,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini(IGNORE.ini, IGNORE.help, type="linelist", default=[])
     parser.addini(RUNNING.ini, RUNNING.help, default=RUNNING.default)
     parser.addini(REPORT.ini, REPORT.help, default=REPORT.default)
+    parser.addini(SUBREAPER.ini, SUBREAPER.help, type="bool", default=False)
 
 
 def resolve(config: pytest.Config) -> Settings:
@@ -126,6 +149,7 @@ def resolve(config: pytest.Config) -> Settings:
         running=_resolve_running(config),
         ignore=_resolve_ignore(config),
         report=_resolve_report(config),
+        subreaper=_resolve_subreaper(config),
     )
 
 
@@ -211,3 +235,26 @@ def _resolve_report(config: pytest.Config) -> Path | None:
     except OSError as exc:
         raise _invalid(source, value, f"{accepted} ({exc.strerror})") from None
     return path
+
+
+def _resolve_subreaper(config: pytest.Config) -> bool:
+    if config.getoption(SUBREAPER.dest):
+        enabled, source = True, f"{SUBREAPER.option} (command line)"
+    else:
+        try:
+            enabled = bool(config.getini(SUBREAPER.ini))
+        except (ValueError, pytest.UsageError) as exc:
+            # pytest says "invalid truth value 'x'" without naming the key.
+            raise pytest.UsageError(
+                f"pytest-nozombies: {exc} for {_ini_source(config, SUBREAPER)}; "
+                "expected true or false"
+            ) from None
+        source = _ini_source(config, SUBREAPER)
+    if enabled and not subreaper.AVAILABLE:
+        raise _invalid(
+            source,
+            "true",
+            f"child subreapers exist only on Linux, not on {sys.platform}; "
+            "remove the setting on this platform",
+        )
+    return enabled

@@ -57,9 +57,13 @@ class Verdict:
 class Tracker:
     """Keeps the owner stack and judges scopes as they end."""
 
-    def __init__(self, registry: SpawnRegistry, grace: float) -> None:
+    def __init__(
+        self, registry: SpawnRegistry, grace: float, *, adopt_orphans: bool = False
+    ) -> None:
         self.registry = registry
         self.grace = grace
+        #: Subreaper mode: children we never spawned are adopted orphans.
+        self.adopt_orphans = adopt_orphans
         #: The process the session belongs to; a forked copy never judges.
         self.pid = os.getpid()
         self._owners: list[Owner] = []
@@ -126,6 +130,8 @@ class Tracker:
         self.close_scope(key)
         if baseline is not None:
             self._collect_other_zombies(current, baseline, handled, verdict)
+            if self.adopt_orphans:
+                self._adopt_unrecorded_children(current)
         return verdict
 
     def _settle(self, record: SpawnRecord, verdict: Verdict, handled: set[int]) -> bool:
@@ -168,6 +174,30 @@ class Tracker:
                 unknown = SpawnRecord(zombie.identity, None, "unknown", (), current)
                 self._add_leak(unknown, current, verdict.leaks, late=False)
 
+    def _adopt_unrecorded_children(self, current: Owner) -> None:
+        """Give orphans that came back to us during this test an owner.
+
+        Each one belongs to the test during which it first showed up, so that
+        if it dies later it is a late leak of that test, not of whichever test
+        runs then. Costs one read of our own children list per test.
+        """
+        for pid in processes.child_pids():
+            if self.registry.by_pid(pid) is not None:
+                continue
+            state = processes.read_child(pid)
+            if state is None or state.zombie:
+                continue  # a zombie was judged above already
+            record = SpawnRecord(
+                state.identity,
+                processes.read_cmdline(pid),
+                "adopted orphan",
+                (),
+                current,
+            )
+            record.left_running = True
+            self.registry.add(record)
+            self.registry.leave_scope(current.scope_key)
+
     def _add_leak(
         self,
         record: SpawnRecord,
@@ -182,6 +212,11 @@ class Tracker:
         ended = processes.exit_status(record.pid)
         reaped = reaping.reap_zombie(record.pid, record)
         self.registry.discard(record)
+        if ended is None and reaped is None:
+            # Someone reaped it between our look and now (a SIGCHLD handler, an
+            # asyncio child watcher, os.wait() in another thread): its owner is
+            # collecting its children, which is all we ask.
+            return
         into.append(
             Leak(
                 pid=record.pid,
