@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import warnings
 from collections.abc import Generator
 from typing import Any
@@ -38,6 +39,7 @@ tracker_key = pytest.StashKey[Tracker]()
 results_key = pytest.StashKey[results.RunResults]()
 baseline_key = pytest.StashKey[frozenset[processes.ChildIdentity]]()
 owner_key = pytest.StashKey[Owner]()
+session_pid_key = pytest.StashKey[int]()
 
 _fixture_serials = itertools.count(1)
 
@@ -48,8 +50,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", markers.MARKER_LINE)
+    if config.option.help:
+        return  # --help must work even when a setting is wrong
     resolved = settings.resolve(config)
     config.stash[settings_key] = resolved
+    config.stash[session_pid_key] = os.getpid()
     run_results = config.stash[results_key] = results.RunResults()
     config.pluginmanager.register(LeakCollector(run_results), "nozombies-results")
     if config.pluginmanager.hasplugin("xdist") and not _is_worker(config):
@@ -89,7 +94,8 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [reporting.header_line(config.stash[settings_key])]
+    resolved = config.stash.get(settings_key, None)
+    return [] if resolved is None else [reporting.header_line(resolved)]
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -204,8 +210,12 @@ def _deliver(item: pytest.Item, leaks: list[Leak]) -> None:
             lineno=(lineno or 0) + 1,
         )
     except reporting.ZombieWarning:
-        # -W error::pytest_nozombies.ZombieWarning: the same short message as
-        # fail mode, not a traceback through this plugin.
+        escalated = True  # -W error::pytest_nozombies.ZombieWarning
+    else:
+        escalated = False
+    if escalated:
+        # The same short message as fail mode: raised outside the except
+        # block so the warning is not chained onto it as a second copy.
         pytest.fail(text, pytrace=False)
 
 
@@ -300,9 +310,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     resolved = config.stash[settings_key]
     run_results = config.stash[results_key]
+    if config.stash.get(session_pid_key, None) != os.getpid():
+        return  # a test forked and its child returned into pytest: not ours
     tracker = _tracker(config)
-    if tracker is None and config.stash.get(tracker_key, None) is not None:
-        return  # a forked copy of the session: not ours to report
     leftover: list[reporting.Record] = []
     if tracker is not None and resolved.running != "ignore":
         records = _guarded(config, tracker.running_leftovers) or []

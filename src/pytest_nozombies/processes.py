@@ -112,12 +112,9 @@ def _read_stat(pid: int) -> tuple[str, str, int, float] | None:
 def _linux_child_pids() -> list[int]:
     pids: list[int] = []
     # A child is listed under the thread that created it, so read every
-    # thread's file, not only the main thread's.
-    try:
-        tids = os.listdir(_PROC_TASKS)
-    except OSError:
-        tids = []
-    for tid in tids:
+    # thread's file, not only the main thread's. An unreadable task list is
+    # an error for the caller to report, never an empty answer.
+    for tid in os.listdir(_PROC_TASKS):
         try:
             with open(f"{_PROC_TASKS}/{tid}/children", "rb") as f:
                 pids.extend(int(p) for p in f.read().split())

@@ -117,7 +117,7 @@ def header_line(settings: Settings) -> str:
     if not processes.SUPPORTED:
         return "nozombies: nothing to check on this platform (it has no zombies)"
     if settings.mode == "off":
-        return "nozombies: off (--nozombies-mode=off)"
+        return "nozombies: mode=off, nothing is checked"
     source = "/proc" if processes.USES_PROC else "psutil"
     return f"nozombies: {settings.describe()}, children read from {source}"
 
