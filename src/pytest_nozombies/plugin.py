@@ -69,8 +69,13 @@ def pytest_configure(config: pytest.Config) -> None:
         _become_subreaper(config)
     registry = spawns.SpawnRegistry()
     registry.ignore = resolved.ignore
-    spawns.install(registry)
     config.add_cleanup(spawns.uninstall)
+    try:
+        spawns.install(registry)
+    except Exception as exc:  # e.g. /proc unreadable: degrade, never crash
+        spawns.uninstall()
+        config.issue_config_time_warning(_disabled_warning(exc), stacklevel=2)
+        return
     config.stash[tracker_key] = Tracker(
         registry, resolved.grace, adopt_orphans=resolved.subreaper
     )
@@ -362,11 +367,13 @@ def _guarded(config: pytest.Config, func: Any, *args: Any) -> Any:
         if config.stash.get(tracker_key, None) is not None:
             del config.stash[tracker_key]
             spawns.uninstall()
-            warnings.warn(
-                pytest.PytestWarning(
-                    f"pytest-nozombies: internal error ({exc!r}); zombie checks "
-                    "are off for the rest of this run. Please report this."
-                ),
-                stacklevel=1,
-            )
+            warnings.warn(_disabled_warning(exc), stacklevel=1)
         return None
+
+
+def _disabled_warning(exc: Exception) -> pytest.PytestWarning:
+    return pytest.PytestWarning(
+        f"pytest-nozombies: internal error ({exc!r}); zombie checks are off for "
+        "the rest of this run. If this is not a permission problem of this "
+        "machine, please report it."
+    )
