@@ -278,3 +278,29 @@ def test_help_works_even_with_a_bad_setting(
     result = run_inner("--help")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*--nozombies-mode=MODE*"])
+
+
+def test_simulated_platform_without_zombies_loads_and_never_fails(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    # Simulated platform: Windows cannot be had here, so tell the plugin it runs
+    # where no process can become a zombie, as it does on Windows.
+    pytester.makeconftest(
+        "from pytest_nozombies import processes\nprocesses.SUPPORTED = False\n"
+    )
+    pytester.makepyfile(
+        """
+        import subprocess
+        kept = []
+        def test_leaks():
+            kept.append(subprocess.Popen(["sh", "-c", "exit 1"]))
+            kept[-1].wait()
+            kept.append(subprocess.Popen(["sh", "-c", "exit 2"]))
+        """
+    )
+    result = run_inner()
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        ["nozombies: nothing to check on this platform (it has no zombies)"]
+    )

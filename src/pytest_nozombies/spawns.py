@@ -13,7 +13,6 @@ No pytest here: the owner is a plain value the caller sets.
 
 from __future__ import annotations
 
-import _posixsubprocess  # type: ignore[import-not-found,unused-ignore]
 import functools
 import multiprocessing.process
 import os
@@ -28,6 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import processes
+
+try:
+    import _posixsubprocess  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # Windows: nothing spawns zombies, nothing is installed
+    _posixsubprocess = None  # type: ignore[assignment]
 
 # Long-lived helpers the standard library starts on purpose; never leaks.
 _STDLIB_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
@@ -225,7 +229,8 @@ def install(registry: SpawnRegistry) -> None:
     for name in ("posix_spawn", "posix_spawnp"):
         if hasattr(os, name):
             _patch(os, name, _wrap_posix_spawn)
-    _patch(_posixsubprocess, "fork_exec", _wrap_fork_exec)
+    if _posixsubprocess is not None:
+        _patch(_posixsubprocess, "fork_exec", _wrap_fork_exec)
     if getattr(subprocess, "_fork_exec", None) is not None:
         # Python 3.11+ binds fork_exec into subprocess at import time.
         _patch(subprocess, "_fork_exec", _wrap_fork_exec)
