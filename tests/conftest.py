@@ -47,8 +47,12 @@ RunInner = Callable[..., pytest.RunResult]
 
 
 @pytest.fixture
-def run_inner(pytester: pytest.Pytester) -> RunInner:
+def run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> RunInner:
     """Run pytest in a subprocess in ``pytester.path`` with the plugin loaded."""
+    # pytest prints whole messages in its short summary on CI; inner runs look
+    # the same everywhere, so that tests read the same output on CI as here.
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("BUILD_NUMBER", raising=False)
 
     def run(*args: str) -> pytest.RunResult:
         return pytester.runpytest_subprocess(

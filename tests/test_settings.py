@@ -135,7 +135,8 @@ def test_warn_escalated_to_error_fails(
     # through the plugin and no second copy of the message.
     assert_leak_failed(result)
     output = result.stdout.str()
-    assert output.count("test left 1 zombie child process") == 1, output
+    errors_section = output.partition("short test summary info")[0]
+    assert errors_section.count("test left 1 zombie child process") == 1, output
     assert "During handling" not in output
     assert "plugin.py" not in output
 
