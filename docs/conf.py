@@ -20,7 +20,8 @@ version = release
 extensions = ["myst_parser"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build"]
+# examples/ holds test files and their output, shown with literalinclude.
+exclude_patterns = ["_build", "examples"]
 
 # CHANGELOG.md's headings are linkable within the changelog page.
 myst_heading_anchors = 3
