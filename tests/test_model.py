@@ -76,6 +76,9 @@ class FakeKernel:
         states = (self.read_child(pid) for pid in sorted(self.procs))
         return [s for s in states if s is not None and s.zombie]
 
+    def any_child_exited(self) -> bool:
+        return any(proc.state == "zombie" for proc in self.procs.values())
+
     def snapshot_zombies(self) -> frozenset[processes.ChildIdentity]:
         return frozenset(s.identity for s in self.zombie_children())
 
@@ -93,6 +96,7 @@ class FakeKernel:
 
 
 _SIMULATED = (
+    "any_child_exited",
     "identify",
     "read_child",
     "child_status",
@@ -106,7 +110,7 @@ _SIMULATED = (
 def use_kernel(mp: pytest.MonkeyPatch, fake: FakeKernel) -> None:
     for name in _SIMULATED:
         mp.setattr(processes, name, getattr(fake, name))
-    mp.setattr(reaping, "reap_zombie", lambda pid, record: fake.reap(pid))
+    mp.setattr(reaping, "reap_zombie", lambda pid, record: (fake.reap(pid), None))
 
 
 @pytest.fixture
@@ -189,9 +193,9 @@ def simulate(
                 continue  # pool exhausted: this child never starts
             pid = kernel.spawn(pool)
             if child.tracked:
-                identity = kernel.identify(pid)
-                assert identity is not None
-                registry.add(SpawnRecord(identity, ("sim",), "sim", (), owner))
+                # Identified by start time, as where there are no pidfds.
+                start = kernel.procs[pid].start
+                registry.add(SpawnRecord(pid, start, ("sim",), "sim", (), owner))
             if child.fate == "waited":
                 kernel.exit(pid)
                 kernel.reap(pid)
@@ -276,8 +280,8 @@ def test_registry_matches_a_dict(ops: list[tuple[str, int, int]]) -> None:
     for op, pid, owner_index in ops:
         owner = Owner(f"t{owner_index}", "call")
         if op == "add":
-            identity = processes.ChildIdentity(pid, float(next(clock)))
-            record = SpawnRecord(identity, None, "sim", (), owner)
+            start = float(next(clock))
+            record = SpawnRecord(pid, start, None, "sim", (), owner)
             registry.add(record)
             if pid in by_pid:
                 for members in groups.values():
@@ -293,8 +297,10 @@ def test_registry_matches_a_dict(ops: list[tuple[str, int, int]]) -> None:
             groups.pop(owner.scope_key, None)
         for p, record in by_pid.items():
             assert registry.by_pid(p) is record
-            assert registry.get(record.identity) is record
-            stale = processes.ChildIdentity(p, record.identity.start_time + 0.5)
+            assert record.start_time is not None
+            identity = processes.ChildIdentity(p, record.start_time)
+            assert registry.get(identity) is record
+            stale = processes.ChildIdentity(p, record.start_time + 0.5)
             assert registry.get(stale) is None
         assert {r.pid for r in registry.all_records()} == set(by_pid)
         for index in range(3):

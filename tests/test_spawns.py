@@ -75,7 +75,8 @@ def test_fork_is_recorded_and_returns_the_pid(registry: spawns.SpawnRegistry) ->
         assert record is not None
         assert record.how == "os.fork"
         assert record.argv is None
-        assert record.identity.pid == pid
+        assert record.pid == pid
+        assert record.status() == "running" or record.status() == "zombie"
     finally:
         os.waitpid(pid, 0)
 
@@ -109,9 +110,11 @@ def _do_nothing() -> None:
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_multiprocessing_process_is_its_holder(
+def test_multiprocessing_process_is_found_as_its_holder(
     registry: spawns.SpawnRegistry, method: str
 ) -> None:
+    from pytest_nozombies import reaping
+
     context: Any = multiprocessing.get_context(method)
     process: multiprocessing.Process = context.Process(target=_do_nothing)
     process.start()
@@ -119,9 +122,10 @@ def test_multiprocessing_process_is_its_holder(
         assert process.pid is not None
         record = registry.by_pid(process.pid)
         assert record is not None
-        assert record.how.startswith("multiprocessing.Process(name=")
-        assert record.holder is not None
-        assert record.holder() is process
+        assert reaping.find_holder(process.pid, record) is process
+        assert reaping.describe_holder(process) == (
+            f"multiprocessing.Process(name={process.name!r})"
+        )
     finally:
         process.join()
     assert process.exitcode == 0
@@ -139,9 +143,9 @@ def test_child_reaped_by_sigchld_ignore_is_not_recorded(
     finally:
         signal.signal(signal.SIGCHLD, previous)
     record = registry.by_pid(proc.pid)
-    # Either never identified (already gone) or recorded while it still ran;
-    # in both cases nothing claims a process that is not there.
-    assert record is None or record.identity.pid == proc.pid
+    # Either never recorded (gone before we looked) or recorded and now seen
+    # gone: nothing ever claims a process that is not there.
+    assert record is None or record.status() == "gone"
 
 
 def test_stdlib_helpers_have_no_owner(registry: spawns.SpawnRegistry) -> None:
@@ -156,27 +160,34 @@ def test_stdlib_helpers_have_no_owner(registry: spawns.SpawnRegistry) -> None:
     assert proc.returncode == 0
 
 
-def test_registry_replaces_a_reused_pid(registry: spawns.SpawnRegistry) -> None:
+def test_a_record_is_its_child_not_its_pid(registry: spawns.SpawnRegistry) -> None:
     proc = subprocess.Popen(["sh", "-c", "exit 0"])
     wait_until_zombie(proc.pid)
     first = registry.by_pid(proc.pid)
     assert first is not None
-    stale = spawns.SpawnRecord(
-        processes.ChildIdentity(proc.pid, first.identity.start_time + 1),
-        ("older",),
-        "os.fork",
-        (),
-        OWNER,
-    )
-    # get() matches pid *and* start time: a stale identity finds nothing.
-    assert registry.get(stale.identity) is None
-    assert registry.get(first.identity) is first
-    registry.add(stale)
-    assert registry.by_pid(proc.pid) is stale
-    assert registry.in_scope(OWNER.scope_key) == [stale]
-    registry.discard(stale)
-    assert registry.in_scope(OWNER.scope_key) == []
+    identity = processes.identify(proc.pid)
+    assert identity is not None
+    assert first.status() == "zombie"
+    assert registry.get(identity) is first
     proc.wait()
+    # Reaped: whatever gets the pid next, it is not this child.
+    assert first.status() == "gone"
+    assert registry.get(identity) is None
+    # A new spawn with a reused pid replaces the old record, and its scope.
+    newer = spawns.SpawnRecord(proc.pid, None, ("newer",), "os.fork", (), OWNER)
+    registry.add(newer)
+    assert registry.by_pid(proc.pid) is newer
+    assert registry.in_scope(OWNER.scope_key) == [newer]
+    registry.discard(newer)
+    assert registry.in_scope(OWNER.scope_key) == []
+
+
+def test_without_pidfds_the_start_time_tells_children_apart() -> None:
+    # Where pidfds do not exist (macOS), a record carries its start time.
+    record = spawns.SpawnRecord(4242, 100.0, None, "os.fork", (), OWNER)
+    assert record.matches(processes.ChildIdentity(4242, 100.0))
+    assert not record.matches(processes.ChildIdentity(4242, 101.0))
+    assert not record.matches(processes.ChildIdentity(4243, 100.0))
 
 
 def test_nothing_is_recorded_without_spawns(registry: spawns.SpawnRegistry) -> None:

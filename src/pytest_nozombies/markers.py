@@ -31,16 +31,15 @@ def parse(mark: pytest.Mark) -> str | None:
     return reason
 
 
-def check_item(item: pytest.Item) -> None:
-    """Raise ``pytest.UsageError`` if any ``allow_zombies`` on ``item`` is wrong."""
+def check_item(item: pytest.Item) -> bool:
+    """Whether ``item`` is allowed zombies; ``pytest.UsageError`` if misused."""
+    allowed = False
     for mark in item.iter_markers(MARKER):
+        allowed = True
         try:
             parse(mark)
         except ValueError as exc:
             raise pytest.UsageError(
                 f"pytest-nozombies: @pytest.mark.{MARKER} on {item.nodeid} {exc}"
             ) from None
-
-
-def is_allowed(item: pytest.Item) -> bool:
-    return item.get_closest_marker(MARKER) is not None
+    return allowed

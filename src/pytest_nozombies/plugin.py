@@ -32,7 +32,7 @@ from . import (
     subreaper,
 )
 from .spawns import Owner
-from .tracker import Leak, Tracker, Verdict
+from .tracker import NOTHING, Leak, Tracker, Verdict
 
 settings_key = pytest.StashKey[settings.Settings]()
 tracker_key = pytest.StashKey[Tracker]()
@@ -41,7 +41,10 @@ baseline_key = pytest.StashKey[frozenset[processes.ChildIdentity]]()
 owner_key = pytest.StashKey[Owner]()
 session_pid_key = pytest.StashKey[int]()
 
+allowed_key = pytest.StashKey[set[str]]()
+
 _fixture_serials = itertools.count(1)
+_NO_ZOMBIES: frozenset[processes.ChildIdentity] = frozenset()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,6 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
         _become_subreaper(config)
     registry = spawns.SpawnRegistry()
     registry.ignore = resolved.ignore
+    registry.stack_stop = reporting.runner_folders()
     config.add_cleanup(spawns.uninstall)
     try:
         spawns.install(registry)
@@ -104,8 +108,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    # Every collected item, deselected or not: a typo never hides.
-    markers.check_item(item)
+    # Every collected item, deselected or not: a typo never hides. Which tests
+    # are allowed is decided here once, not at each run of the test.
+    if markers.check_item(item):
+        item.config.stash.setdefault(allowed_key, set()).add(item.nodeid)
 
 
 def _tracker(config: pytest.Config) -> Tracker | None:
@@ -126,27 +132,32 @@ def _run_as(tracker: Tracker, owner: Owner) -> Generator[None, object, object]:
 
 
 # --- the test protocol ----------------------------------------------------------
+# Plain tryfirst hooks mark where each phase starts (a wrapper per phase costs
+# a generator per test); only the teardown, after which the test is judged,
+# needs a wrapper.
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
     tracker = _tracker(item.config)
     if tracker is None:
-        return (yield)
-    item.stash[baseline_key] = _guarded(item.config, tracker.baseline) or frozenset()
-    owner = Owner(item.nodeid, "setup", allowed=markers.is_allowed(item))
+        return
+    baseline = _guarded(item.config, tracker.baseline)
+    if baseline:  # usually empty: then nothing is stored
+        item.stash[baseline_key] = baseline
+    allowed = item.nodeid in item.config.stash.get(allowed_key, ())
+    owner = Owner(item.nodeid, "setup", allowed=allowed)
     item.stash[owner_key] = owner
     tracker.open_scope(owner.scope_key)
-    return (yield from _run_as(tracker, owner))
+    tracker.enter_phase(owner)
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
     tracker = _tracker(item.config)
     owner = item.stash.get(owner_key, None)
-    if tracker is None or owner is None:
-        return (yield)
-    return (yield from _run_as(tracker, _phase(owner, "call")))
+    if tracker is not None and owner is not None:
+        tracker.enter_phase(owner._replace(phase="call"))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -155,9 +166,10 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object
     owner = item.stash.get(owner_key, None)
     if tracker is None or owner is None:
         return (yield)
-    owner = _phase(owner, "teardown")
+    owner = owner._replace(phase="teardown")
+    tracker.enter_phase(owner)
     try:
-        result = yield from _run_as(tracker, owner)
+        result = yield
     except BaseException:
         # The teardown failed on its own: keep that error as the report and
         # show the leaks beside it rather than in its place.
@@ -171,17 +183,18 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object
     return result
 
 
-def _phase(owner: Owner, phase: str) -> Owner:
-    return Owner(owner.nodeid, phase, allowed=owner.allowed)
-
-
 def _judge_test(item: pytest.Item, tracker: Tracker, owner: Owner) -> list[Leak]:
     """Judge the test's scope; return its own reportable leaks."""
-    baseline = item.stash.get(baseline_key, frozenset())
+    baseline = item.stash.get(baseline_key, _NO_ZOMBIES)
     verdict: Verdict | None = _guarded(
         item.config, tracker.judge_scope, owner.scope_key, owner, baseline
     )
-    if verdict is None:
+    tracker.leave_test()
+    # Nothing of this test stays behind: memory is flat however long the run.
+    del item.stash[owner_key]
+    if baseline_key in item.stash:
+        del item.stash[baseline_key]
+    if verdict is None or verdict is NOTHING:
         return []
     own = [leak for leak in verdict.leaks if not leak.owner.allowed]
     _keep(item.config, own)

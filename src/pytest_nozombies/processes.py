@@ -15,14 +15,14 @@ POSIX systems fall back to psutil, which scans every process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 #: Platforms where a child can become a zombie at all.
 SUPPORTED = os.name == "posix"
@@ -45,16 +45,18 @@ USES_PROC = sys.platform.startswith("linux") and _proc_children_available()
 ChildStatus = Literal["running", "zombie", "gone"]
 
 
-@dataclass(frozen=True, order=True)
-class ChildIdentity:
+# NamedTuples rather than dataclasses: the plugin is imported by every pytest
+# run, and a dataclass costs several times more to define.
+
+
+class ChildIdentity(NamedTuple):
     """A child as the kernel knows it: a pid is only unique with its start time."""
 
     pid: int
     start_time: float
 
 
-@dataclass(frozen=True)
-class ChildState:
+class ChildState(NamedTuple):
     """One reading of a child: who it is, whether it has exited, its name."""
 
     identity: ChildIdentity
@@ -63,8 +65,7 @@ class ChildState:
     parent: int
 
 
-@dataclass(frozen=True)
-class ExitStatus:
+class ExitStatus(NamedTuple):
     """How a child ended: an exit code, or the signal that killed it."""
 
     code: int | None = None
@@ -237,6 +238,39 @@ def child_status(pid: int) -> ChildStatus:
     if state is None:  # pragma: no cover
         return "gone"
     return "zombie" if state.zombie else "running"  # pragma: no cover
+
+
+# --- handles: a child pinned down exactly, whatever becomes of its pid --------
+
+
+_HAS_PIDFD_WAIT = _HAS_PIDFD and hasattr(os, "P_PIDFD") and _HAS_WAITID
+
+
+def open_handle(pid: int) -> int | None:
+    """A pidfd for child ``pid``: it names that very process, never a later
+    one that reuses the pid. ``None`` where pidfds do not exist (or the child
+    is already gone); then callers identify children by start time instead.
+    """
+    if not _HAS_PIDFD_WAIT:
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def handle_status(handle: int) -> ChildStatus:
+    """``running``, ``zombie`` or ``gone`` for the child behind ``handle``."""
+    try:
+        result = os.waitid(os.P_PIDFD, handle, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return "gone"
+    return "running" if result is None else "zombie"
+
+
+def close_handle(handle: int) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        os.close(handle)
 
 
 def exit_status(pid: int) -> ExitStatus | None:

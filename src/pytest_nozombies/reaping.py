@@ -3,54 +3,68 @@
 A zombie that belongs to a live ``subprocess.Popen`` or
 ``multiprocessing.Process`` is reaped through that object, so its
 ``returncode`` / ``exitcode`` afterwards says what really happened; reaping it
-behind the object's back would leave it believing the child still runs (or,
-for Popen, report a made-up exit code 0 later).
+behind the object's back would leave ``Process.exitcode`` at ``None`` forever
+and make ``Popen`` report a made-up exit code 0 later.
+
+Imported only when there is something to reap.
 """
 
 from __future__ import annotations
 
-import multiprocessing.process
 import subprocess
+import sys
 from typing import Any
 
 from . import processes
 from .spawns import SpawnRecord
 
 
-def reap_zombie(pid: int, record: SpawnRecord | None) -> processes.ExitStatus | None:
-    """Reap the zombie ``pid``; return how it ended, if that can be told."""
-    holder = _find_holder(pid, record)
+def reap_zombie(
+    pid: int, record: SpawnRecord | None
+) -> tuple[processes.ExitStatus | None, object | None]:
+    """Reap the zombie ``pid``; return how it ended and the object holding it."""
+    holder = find_holder(pid, record)
     status: processes.ExitStatus | None = None
     if isinstance(holder, subprocess.Popen):
         status = _status_from_returncode(holder.poll())
-    elif isinstance(holder, multiprocessing.process.BaseProcess):
-        status = _status_from_returncode(holder.exitcode)
+    elif holder is not None:
+        status = _status_from_returncode(holder.exitcode)  # type: ignore[attr-defined]
     if processes.child_status(pid) == "zombie":
         # Nobody holds it (or its holder could not reap just now): reap it here.
         status = processes.reap(pid) or status
-    return status
+    return status, holder
 
 
-def _find_holder(pid: int, record: SpawnRecord | None) -> object | None:
+def find_holder(pid: int, record: SpawnRecord | None) -> object | None:
+    """The live Popen or multiprocessing Process whose child ``pid`` is."""
     if record is not None and record.holder is not None:
-        holder: object = record.holder()
-        if holder is not None and _holder_pid(holder) == pid:
-            return holder
+        held: object = record.holder()
+        if isinstance(held, subprocess.Popen) and held.pid == pid:
+            return held
     # A Popen dropped while its child still ran is parked here by CPython until
     # a later Popen call polls it.
     active: list[Any] = getattr(subprocess, "_active", None) or []
     for popen in list(active):
         if isinstance(popen, subprocess.Popen) and popen.pid == pid:
             return popen
+    # multiprocessing keeps every Process it started (and has not yet seen
+    # end) in this set; only look if the program uses multiprocessing at all.
+    mp_process = sys.modules.get("multiprocessing.process")
+    children: Any = getattr(mp_process, "_children", None) or ()
+    for process in list(children):
+        popen = getattr(process, "_popen", None)
+        if getattr(popen, "pid", None) == pid:
+            found: object = process
+            return found
     return None
 
 
-def _holder_pid(holder: object) -> int | None:
-    if isinstance(holder, subprocess.Popen):
-        return holder.pid
-    popen = getattr(holder, "_popen", None)
-    pid = getattr(popen, "pid", None)
-    return pid if isinstance(pid, int) else None
+def describe_holder(holder: object | None) -> str | None:
+    """How a multiprocessing child was spawned, named after its Process."""
+    if holder is None or isinstance(holder, subprocess.Popen):
+        return None
+    name = getattr(holder, "name", "?")
+    return f"multiprocessing.Process(name={name!r})"
 
 
 def _status_from_returncode(code: int | None) -> processes.ExitStatus | None:

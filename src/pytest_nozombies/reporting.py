@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
-import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,8 +37,11 @@ HINT = (
 _FORKS = ("os.fork", "os.forkpty")
 
 
+@functools.cache
 def _not_user_code() -> tuple[str, ...]:
     """Folders whose frames are never "the line that spawned it"."""
+    import sysconfig
+
     paths = sysconfig.get_paths()
     folders = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     # pytest, pluggy and this plugin usually live in site-packages already, but
@@ -48,7 +51,11 @@ def _not_user_code() -> tuple[str, ...]:
     return tuple(sorted(os.path.join(f, "") for f in folders if f))
 
 
-_EXCLUDED = _not_user_code()
+def runner_folders() -> tuple[str, ...]:
+    """Folders of pytest and pluggy: a spawn stack need not go past them."""
+    return tuple(
+        os.path.join(os.path.dirname(m.__file__ or ""), "") for m in (_pytest, pluggy)
+    )
 
 
 def _relative(filename: str, root: Path) -> str:
@@ -78,7 +85,7 @@ def describe_site(leak: Leak, root: Path) -> str:
 
 def _site_of(stack: tuple[Frame, ...], root: Path, default: T) -> str | T:
     """``path:line`` of the innermost frame in the user's own code."""
-    frame = next(iter_user_frames(stack, _EXCLUDED), None)
+    frame = next(iter_user_frames(stack, _not_user_code()), None)
     if frame is None:
         return default
     return f"{_relative(frame.filename, root)}:{frame.lineno}"

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .reporting import Record
+if TYPE_CHECKING:
+    from .reporting import Record
 
 #: Attribute set on teardown reports; survives xdist's report serialization.
 REPORT_ATTRIBUTE = "nozombies_leaks"
@@ -29,14 +28,16 @@ SCHEMA_ID = "pytest-nozombies-report"
 SCHEMA_VERSION = 1
 
 
-@dataclass
 class RunResults:
-    #: Found here and not yet attached to a report.
-    pending: list[Record] = field(default_factory=list)
-    #: Every leak reported in this run (from all workers, on the controller).
-    leaks: list[Record] = field(default_factory=list)
-    #: Children still running at the end of the session.
-    running: list[Record] = field(default_factory=list)
+    __slots__ = ("leaks", "pending", "running")
+
+    def __init__(self) -> None:
+        #: Found here and not yet attached to a report.
+        self.pending: list[Record] = []
+        #: Every leak reported in this run (from all workers, on the controller).
+        self.leaks: list[Record] = []
+        #: Children still running at the end of the session.
+        self.running: list[Record] = []
 
     def take_pending(self) -> list[Record]:
         pending, self.pending = self.pending, []
@@ -47,6 +48,8 @@ def report_document(
     results: RunResults, metadata: dict[str, Any], exit_status: int
 ) -> dict[str, Any]:
     """The JSON report (see docs/configuration.rst for the schema)."""
+    import platform
+
     return {
         "schema": SCHEMA_ID,
         "version": SCHEMA_VERSION,

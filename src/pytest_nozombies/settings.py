@@ -13,9 +13,8 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import pytest
 
@@ -28,8 +27,7 @@ RUNNING_CHOICES: tuple[Running, ...] = ("ignore", "warn", "fail")
 DEFAULT_GRACE = 1.0
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     option: str | None
     ini: str
     default: str
@@ -87,12 +85,13 @@ SUBREAPER = Setting(
 ALL = (MODE, GRACE, IGNORE, RUNNING, REPORT, SUBREAPER)
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
+    """Every setting, resolved and validated once (immutable)."""
+
     mode: Mode
     grace: float
     running: Running = "warn"
-    ignore: tuple[re.Pattern[str], ...] = field(default=())
+    ignore: tuple[re.Pattern[str], ...] = ()
     report: Path | None = None
     subreaper: bool = False
 

@@ -14,7 +14,6 @@ No pytest here: the owner is a plain value the caller sets.
 from __future__ import annotations
 
 import functools
-import multiprocessing.process
 import os
 import re
 import shlex
@@ -23,8 +22,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import processes
 
@@ -38,8 +36,7 @@ _STDLIB_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserv
 _MAX_STACK = 64
 
 
-@dataclass(frozen=True)
-class Owner:
+class Owner(NamedTuple):
     """What was running when a child was spawned, and so answers for it."""
 
     nodeid: str
@@ -53,8 +50,8 @@ class Owner:
     def scope_key(self) -> Hashable:
         """Children with the same key are judged together when that scope ends."""
         if self.fixture is None or self.scope == "function":
-            return ("test", self.nodeid)
-        return ("fixture", self.fixture, self.serial)
+            return self.nodeid
+        return (self.fixture, self.serial)
 
     def describe(self) -> str:
         if self.fixture is None:
@@ -65,31 +62,86 @@ class Owner:
         )
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     filename: str
     lineno: int
     function: str
 
 
-@dataclass
 class SpawnRecord:
-    """One child this process spawned through Python and has not seen reaped."""
+    """One child this process spawned and has not seen reaped.
 
-    identity: processes.ChildIdentity
-    argv: tuple[str, ...] | None
-    how: str
-    stack: tuple[Frame, ...]
-    owner: Owner | None
-    holder: weakref.ref[Any] | None = None
-    #: Why this child is never a leak: a stdlib helper, or nozombies_ignore.
-    exempt: str | None = None
-    #: Set once the owner's scope ended with the child still running.
-    left_running: bool = field(default=False)
+    The child is pinned down by a pidfd (``handle``) where the platform has
+    them: one system call at spawn, and from then on its status is exact even
+    if its pid is reused. Elsewhere its start time tells it apart.
+    """
 
-    @property
-    def pid(self) -> int:
-        return self.identity.pid
+    __slots__ = (
+        "argv",
+        "exempt",
+        "handle",
+        "holder",
+        "how",
+        "left_running",
+        "owner",
+        "pid",
+        "stack",
+        "start_time",
+    )
+
+    def __init__(
+        self,
+        pid: int,
+        start_time: float | None,
+        argv: tuple[str, ...] | None,
+        how: str,
+        stack: tuple[Frame, ...],
+        owner: Owner | None,
+        exempt: str | None = None,
+        handle: int | None = None,
+    ) -> None:
+        self.pid = pid
+        self.handle = handle
+        self.start_time = start_time
+        self.argv = argv
+        self.how = how
+        self.stack = stack
+        self.owner = owner
+        #: Why this child is never a leak: a stdlib helper, or nozombies_ignore.
+        self.exempt = exempt
+        self.holder: weakref.ref[Any] | None = None
+        #: Set once the owner's scope ended with the child still running.
+        self.left_running = False
+
+    def status(self) -> processes.ChildStatus:
+        """``running``, ``zombie`` or ``gone``: this child, not its pid's."""
+        if self.handle is not None:
+            return processes.handle_status(self.handle)
+        status = processes.child_status(self.pid)
+        if status != "gone":
+            identity = processes.identify(self.pid)
+            if identity is None or not self.matches(identity):
+                return "gone"  # its pid now names a process we did not record
+        return status
+
+    def matches(self, identity: processes.ChildIdentity) -> bool:
+        """Whether ``identity`` is this child (and not a later one with its pid)."""
+        if identity.pid != self.pid:
+            return False
+        if self.handle is not None:
+            # The pid is ours while our child is not reaped: then it is ours.
+            return processes.handle_status(self.handle) != "gone"
+        if self.start_time is None:
+            self.start_time = identity.start_time
+        return self.start_time == identity.start_time
+
+    def close(self) -> None:
+        if self.handle is not None:
+            processes.close_handle(self.handle)
+            self.handle = None
+
+    def __repr__(self) -> str:
+        return f"<SpawnRecord pid={self.pid} {self.how} owner={self.owner}>"
 
 
 class SpawnRegistry:
@@ -100,13 +152,15 @@ class SpawnRegistry:
         self.owner: Owner | None = None
         #: Command lines matching one of these are never leaks.
         self.ignore: tuple[re.Pattern[str], ...] = ()
+        #: Folders where a spawn stack stops (the test runner's own frames).
+        self.stack_stop: tuple[str, ...] = ()
         self._records: dict[int, SpawnRecord] = {}
         self._by_scope: dict[Hashable, dict[int, SpawnRecord]] = {}
         self._lock = threading.Lock()
 
     def get(self, identity: processes.ChildIdentity) -> SpawnRecord | None:
         record = self._records.get(identity.pid)
-        if record is None or record.identity != identity:
+        if record is None or not record.matches(identity):
             return None
         return record
 
@@ -114,7 +168,8 @@ class SpawnRegistry:
         return self._records.get(pid)
 
     def in_scope(self, key: Hashable) -> list[SpawnRecord]:
-        return list(self._by_scope.get(key, {}).values())
+        scope = self._by_scope.get(key)
+        return list(scope.values()) if scope else []
 
     def all_records(self) -> list[SpawnRecord]:
         with self._lock:
@@ -137,11 +192,21 @@ class SpawnRegistry:
 
     def leave_scope(self, key: Hashable) -> None:
         """Forget the grouping of a scope that ended; its records stay by pid."""
+        if key not in self._by_scope:
+            return  # the usual case, and without taking the lock
         with self._lock:
             self._by_scope.pop(key, None)
 
+    def close(self) -> None:
+        """Let go of every record (and its pidfd)."""
+        with self._lock:
+            for pid in list(self._records):
+                self._discard_locked(pid)
+
     def _discard_locked(self, pid: int) -> None:
         old = self._records.pop(pid, None)
+        if old is not None:
+            old.close()
         if old is not None and old.owner is not None:
             scope = self._by_scope.get(old.owner.scope_key)
             if scope is not None:
@@ -154,20 +219,25 @@ class SpawnRegistry:
     def note_spawn(
         self, pid: int, argv: tuple[str, ...] | None, how: str, depth: int
     ) -> None:
-        identity = processes.identify(pid)
-        if identity is None:
-            # Already reaped by someone else (SIGCHLD ignored): nothing to track.
-            return
+        handle = processes.open_handle(pid)
+        start_time = None
+        if handle is None:
+            identity = processes.identify(pid)
+            if identity is None:
+                return  # already reaped (SIGCHLD ignored): nothing to track
+            start_time = identity.start_time
         exempt = self._exemption(argv)
         self.add(
             SpawnRecord(
-                identity=identity,
-                argv=argv,
-                how=how,
-                stack=capture_stack(depth + 1),
+                pid,
+                start_time,
+                argv,
+                how,
+                capture_stack(depth + 1, self.stack_stop),
                 # An exempt child has no owner, so no scope ever judges it.
-                owner=None if exempt else self.owner,
-                exempt=exempt,
+                None if exempt else self.owner,
+                exempt,
+                handle,
             )
         )
 
@@ -189,12 +259,18 @@ class SpawnRegistry:
             record.holder = weakref.ref(holder)
 
 
-def capture_stack(depth: int) -> tuple[Frame, ...]:
-    """The calling stack, innermost first, without reading any source file."""
+def capture_stack(depth: int, stop: tuple[str, ...] = ()) -> tuple[Frame, ...]:
+    """The calling stack, innermost first, without reading any source file.
+
+    It ends at the first frame under a ``stop`` folder (the test runner's
+    machinery, the same for every test) or after ``_MAX_STACK`` frames.
+    """
     frames: list[Frame] = []
     frame = sys._getframe(depth + 1)
     while frame is not None and len(frames) < _MAX_STACK:
         code = frame.f_code
+        if stop and code.co_filename.startswith(stop):
+            break
         frames.append(Frame(code.co_filename, frame.f_lineno or 0, code.co_name))
         frame = frame.f_back  # type: ignore[assignment]
     return tuple(frames)
@@ -235,16 +311,17 @@ def install(registry: SpawnRegistry) -> None:
         # Python 3.11+ binds fork_exec into subprocess at import time.
         _patch(subprocess, "_fork_exec", _wrap_fork_exec)
     _patch(subprocess.Popen, "_execute_child", _wrap_execute_child)
-    _patch(multiprocessing.process.BaseProcess, "start", _wrap_process_start)
     _register_existing_children(registry)
 
 
 def uninstall() -> None:
-    """Put every original back, newest first."""
+    """Put every original back, newest first, and release the records."""
     global _registry
     while _originals:
         owner, name, original = _originals.pop()
         setattr(owner, name, original)
+    if _registry is not None:
+        _registry.close()
     _registry = None
 
 
@@ -260,8 +337,9 @@ def _register_existing_children(registry: SpawnRegistry) -> None:
     for pid in processes.child_pids():
         identity = processes.identify(pid)
         if identity is not None:
+            argv = processes.read_cmdline(pid)
             registry.add(
-                SpawnRecord(identity, processes.read_cmdline(pid), "unknown", (), None)
+                SpawnRecord(pid, identity.start_time, argv, "unknown", (), None)
             )
 
 
@@ -325,24 +403,6 @@ def _wrap_execute_child(
         _registry.note_holder(self.pid, "subprocess.Popen", self)
 
     return _execute_child
-
-
-def _wrap_process_start(
-    original: Callable[[multiprocessing.process.BaseProcess], None], name: str
-) -> Callable[[multiprocessing.process.BaseProcess], None]:
-    @functools.wraps(original)
-    def start(self: multiprocessing.process.BaseProcess) -> None:
-        original(self)
-        popen = getattr(self, "_popen", None)
-        pid = getattr(popen, "pid", None)
-        if _registry is not None and isinstance(pid, int):
-            # Under forkserver the child is the forkserver's, not ours, and was
-            # never recorded: note_holder then does nothing.
-            _registry.note_holder(
-                pid, f"multiprocessing.Process(name={self.name!r})", self
-            )
-
-    return start
 
 
 def iter_user_frames(

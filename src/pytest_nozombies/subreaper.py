@@ -11,7 +11,6 @@ that runs tests (each xdist worker) sets its own. No pytest here.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 
@@ -22,6 +21,8 @@ _PR_GET_CHILD_SUBREAPER = 37
 
 
 def _prctl(option: int, arg: object) -> None:
+    import ctypes  # only when the option is used: it is slow to import
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(option, arg, 0, 0, 0) != 0:
         errno = ctypes.get_errno()
@@ -31,6 +32,8 @@ def _prctl(option: int, arg: object) -> None:
 def is_subreaper() -> bool:
     if not AVAILABLE:
         return False
+    import ctypes
+
     value = ctypes.c_int(0)
     _prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value))
     return bool(value.value)

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from . import processes, reaping
+from . import processes
 from .spawns import Frame, Owner, SpawnRecord, SpawnRegistry
 
 
-@dataclass(frozen=True)
-class Leak:
+class Leak(NamedTuple):
     """One zombie left behind, with everything the report needs."""
 
     pid: int
@@ -46,12 +45,18 @@ class Leak:
     parent: int | None = None
 
 
-@dataclass
 class Verdict:
     """What one check found: leaks of the scope that ended, and late ones."""
 
-    leaks: list[Leak] = field(default_factory=list)
-    late: list[Leak] = field(default_factory=list)
+    __slots__ = ("late", "leaks")
+
+    def __init__(self) -> None:
+        self.leaks: list[Leak] = []
+        self.late: list[Leak] = []
+
+
+#: The verdict of the common check that finds nothing; never mutated.
+NOTHING = Verdict()
 
 
 class Tracker:
@@ -72,6 +77,16 @@ class Tracker:
         self.fixture_owners: dict[int, Owner] = {}
 
     # --- ownership -----------------------------------------------------------
+
+    def enter_phase(self, owner: Owner) -> None:
+        """A test phase starts: its owner replaces whatever ran before."""
+        self._owners.clear()
+        self._owners.append(owner)
+        self.registry.owner = owner
+
+    def leave_test(self) -> None:
+        self._owners.clear()
+        self.registry.owner = None
 
     def push_owner(self, owner: Owner) -> None:
         self._owners.append(owner)
@@ -114,9 +129,15 @@ class Tracker:
         the baseline was taken. Without one (a fixture's end) only the scope's
         own children are judged; the test's own check follows shortly.
         """
+        records = self.registry.in_scope(key)
+        if not records and (baseline is None or not processes.any_child_exited()):
+            # The fast path of nearly every test: nothing spawned, no zombie.
+            self.close_scope(key)
+            if baseline is not None and self.adopt_orphans:
+                self._adopt_unrecorded_children(current)
+            return NOTHING
         verdict = Verdict()
         handled: set[int] = set()
-        records = self.registry.in_scope(key)
         running = [r for r in records if self._settle(r, verdict, handled)]
         allowed = all(r.owner is not None and r.owner.allowed for r in running)
         if running and self.grace > 0 and not allowed:
@@ -136,12 +157,10 @@ class Tracker:
 
     def _settle(self, record: SpawnRecord, verdict: Verdict, handled: set[int]) -> bool:
         """Turn a record into a leak or drop it; ``True`` if it still runs."""
-        status = processes.child_status(record.pid)
+        status = record.status()
         if status == "running":
-            if processes.identify(record.pid) == record.identity:
-                return True
-            status = "gone"  # its pid now names someone we did not record
-        if status == "zombie" and processes.identify(record.pid) == record.identity:
+            return True
+        if status == "zombie":
             handled.add(record.pid)
             assert record.owner is not None
             self._add_leak(record, record.owner, verdict.leaks, late=False)
@@ -171,7 +190,9 @@ class Tracker:
                     record, owner, verdict.late, late=True, found_during=current.nodeid
                 )
             elif zombie.identity not in baseline:
-                unknown = SpawnRecord(zombie.identity, None, "unknown", (), current)
+                unknown = SpawnRecord(
+                    pid, zombie.identity.start_time, None, "unknown", (), current
+                )
                 self._add_leak(unknown, current, verdict.leaks, late=False)
 
     def _adopt_unrecorded_children(self, current: Owner) -> None:
@@ -188,7 +209,8 @@ class Tracker:
             if state is None or state.zombie:
                 continue  # a zombie was judged above already
             record = SpawnRecord(
-                state.identity,
+                pid,
+                state.identity.start_time,
                 processes.read_cmdline(pid),
                 "adopted orphan",
                 (),
@@ -207,10 +229,12 @@ class Tracker:
         late: bool,
         found_during: str | None = None,
     ) -> None:
+        from . import reaping  # only when there is something to reap
+
         state = processes.read_child(record.pid)
         # Read how it ended before reaping, where the platform allows that.
         ended = processes.exit_status(record.pid)
-        reaped = reaping.reap_zombie(record.pid, record)
+        reaped, holder = reaping.reap_zombie(record.pid, record)
         self.registry.discard(record)
         if ended is None and reaped is None:
             # Someone reaped it between our look and now (a SIGCHLD handler, an
@@ -222,7 +246,7 @@ class Tracker:
                 pid=record.pid,
                 argv=record.argv,
                 name=state.name if state is not None else "?",
-                how=record.how,
+                how=reaping.describe_holder(holder) or record.how,
                 ended=ended or reaped,
                 owner=owner,
                 stack=record.stack,
@@ -244,6 +268,5 @@ class Tracker:
             if r.left_running
             and r.owner is not None
             and not r.owner.allowed
-            and processes.child_status(r.pid) == "running"
-            and processes.identify(r.pid) == r.identity
+            and r.status() == "running"
         ]
