@@ -13,9 +13,15 @@ import subprocess
 
 import pytest
 
+# Real code keeps its Popen objects somewhere (a fixture, a server object).
+# A Popen that is simply dropped is polled by CPython as it is deleted, which
+# reaps the child if it has already exited: then there is no zombie at all.
+servers: list[subprocess.Popen[bytes]] = []
+
 
 def test_leak_popen_killed_but_never_waited() -> None:
     proc = subprocess.Popen(["sleep", "60"])
+    servers.append(proc)
     proc.kill()  # missing: proc.wait()
 
 

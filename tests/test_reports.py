@@ -247,3 +247,61 @@ def test_junit_xml_carries_each_leak_on_its_test_case(
     assert set(properties) == {"test_kept_popen", "test_fork"}
     [kept] = properties["test_kept_popen"]
     assert "sh -c 'exit 7', exited with code 7, spawned at test_suite.py:10" in kept
+
+
+def test_child_dying_after_the_last_check_is_still_reported(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    pytester.makeconftest(
+        """
+        import os
+        import pytest
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_sessionfinish(session):
+            # After the last test's check: the child left running dies now.
+            import test_last
+            proc = test_last.state["proc"]
+            proc.stdin.close()
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        """
+    )
+    pytester.makepyfile(
+        test_last="""
+        import subprocess, sys
+
+        state = {}
+
+        def test_leaves_it_running():
+            state["proc"] = subprocess.Popen(
+                [sys.executable, "-c", "import sys; sys.stdin.read()"],
+                stdin=subprocess.PIPE,
+            )
+        """
+    )
+    result = run_inner("--nozombies-grace=0", "--nozombies-report=r.json")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*= nozombies: 1 zombie leak =*",
+            "test_last.py::test_leaves_it_running (call): pid * "
+            "(late: found while the end of the session ran)",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*still running*")
+    document = json.loads((pytester.path / "r.json").read_text())
+    assert [leak["late"] for leak in document["leaks"]] == [True]
+
+
+def test_report_path_from_the_ini_starts_beside_the_ini(
+    pytester: pytest.Pytester, run_inner: RunInner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeini("[pytest]\nnozombies_report = out/r.json\n")
+    sub = pytester.mkdir("sub")
+    (sub / "test_ok.py").write_text("def test_ok():\n    pass\n")
+    monkeypatch.chdir(sub)
+    result = run_inner()
+    result.assert_outcomes(passed=1)
+    assert (pytester.path / "out" / "r.json").exists()
+    assert not (sub / "out").exists()

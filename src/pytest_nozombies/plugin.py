@@ -332,6 +332,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return  # a test forked and its child returned into pytest: not ours
     tracker = _tracker(config)
     leftover: list[reporting.Record] = []
+    if tracker is not None:
+        swept = _guarded(config, tracker.final_sweep) or []
+        _keep(config, [leak for leak in swept if not leak.owner.allowed])
     if tracker is not None and resolved.running != "ignore":
         records = _guarded(config, tracker.running_leftovers) or []
         leftover = [reporting.leftover_record(r, config.rootpath) for r in records]

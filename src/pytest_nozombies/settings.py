@@ -72,7 +72,8 @@ REPORT = Setting(
     "nozombies_report",
     "",
     "Write every leak of the run to this JSON file (schema: see the docs' "
-    "configuration reference). Relative paths start at the invocation folder.",
+    "configuration reference). A relative path starts at the invocation folder "
+    "(command line) or at the ini file's folder (ini).",
 )
 SUBREAPER = Setting(
     "--nozombies-subreaper",
@@ -130,7 +131,8 @@ def add_options(parser: pytest.Parser) -> None:
                 dest=setting.dest,
                 default=None,
                 metavar=setting.ini.removeprefix("nozombies_").upper(),
-                help=f"{setting.help} Default: {setting.default}. Ini: {setting.ini}.",
+                help=f"{setting.help} Default: {setting.default or 'none'}. "
+                f"Ini: {setting.ini}.",
             )
     parser.addini(MODE.ini, MODE.help, default=MODE.default)
     parser.addini(GRACE.ini, GRACE.help, default=GRACE.default)
@@ -218,7 +220,11 @@ def _resolve_report(config: pytest.Config) -> Path | None:
     value, source = _read(config, REPORT)
     if not value:
         return None
-    path = Path(config.invocation_params.dir, value)
+    # From the command line a relative path starts where pytest was invoked;
+    # from an ini file, beside that file, as the paths in it are meant.
+    from_ini = config.getoption(REPORT.dest) is None and config.inipath is not None
+    base = config.inipath.parent if from_ini and config.inipath else None
+    path = Path(base or config.invocation_params.dir, value)
     accepted = "expected a file path in a folder this run can write to"
     if path.is_dir():
         raise _invalid(source, value, accepted + " (it is a folder)")

@@ -271,7 +271,8 @@ def capture_stack(depth: int, stop: tuple[str, ...] = ()) -> tuple[Frame, ...]:
         code = frame.f_code
         if stop and code.co_filename.startswith(stop):
             break
-        frames.append(Frame(code.co_filename, frame.f_lineno or 0, code.co_name))
+        if code.co_filename != __file__:  # our own wrappers are noise
+            frames.append(Frame(code.co_filename, frame.f_lineno or 0, code.co_name))
         frame = frame.f_back  # type: ignore[assignment]
     return tuple(frames)
 

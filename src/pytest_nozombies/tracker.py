@@ -256,6 +256,30 @@ class Tracker:
             )
         )
 
+    def final_sweep(self) -> list[Leak]:
+        """At the end of the session: children that died after the last check.
+
+        A child left running by a test and dying after the last test's check
+        (during session teardown, say) is still that test's late leak.
+        """
+        found: list[Leak] = []
+        if not processes.any_child_exited():
+            return found
+        for zombie in processes.zombie_children():
+            record = self.registry.get(zombie.identity)
+            if record is None or record.owner is None:
+                continue  # no test to blame, or not ours to judge
+            if record.owner.scope_key in self._open_scopes:
+                continue
+            self._add_leak(
+                record,
+                record.owner,
+                found,
+                late=True,
+                found_during="the end of the session",
+            )
+        return found
+
     def running_leftovers(self) -> list[SpawnRecord]:
         """Children that outlived their owner's scope and still run.
 
