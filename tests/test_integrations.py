@@ -479,9 +479,8 @@ def doctest_block(pid: int) -> list[str]:
         f"  pid {pid}: true",
         "    ended: exited with code 0",
         "    spawned by: subprocess.Popen during mod.py::mod.leaky (call)",
-        # The doctest's frames are "<doctest mod.leaky[0]>", no file of the
-        # user's; any other file would be a lie.
-        "    spawned at: spawn site unknown",
+        # The doctest example itself, not the pytest launcher or doctest.py.
+        "    spawned at: <doctest mod.leaky[[]0[]]>:1",
         HINT,
     ]
 
@@ -499,7 +498,7 @@ def test_doctest_item_that_leaks_fails_at_teardown(
             *doctest_block(pid),
             "*= nozombies: 1 zombie leak =*",
             "mod.py::mod.leaky (call): pid * true, exited with code 0, "
-            "spawned at spawn site unknown",
+            "spawned at <doctest mod.leaky[[]0[]]>:1",
             "ERROR mod.py::mod.leaky - Failed: test left*",
         ]
     )

@@ -182,7 +182,8 @@ def test_json_report_matches_the_schema_and_the_run(
     assert kept["spawn_site"] == "test_suite.py:10"
     assert kept["spawned_by"] == "subprocess.Popen"
     assert kept["owner"]["phase"] == "call"
-    assert kept["verdict"] == "failed"
+    assert kept["verdict"] == "failed-test"
+    assert leaks["test_late.py::test_a_leaves_child_running"]["verdict"] == "failed-run"
     assert not kept["late"]
     late = leaks["test_late.py::test_a_leaves_child_running"]
     assert late["late"]

@@ -217,3 +217,25 @@ def test_ignored_command_lines_have_no_owner(registry: spawns.SpawnRegistry) -> 
         assert record is not None
         assert record.exempt is None
         assert record.owner == OWNER
+
+
+def test_a_nested_session_stacks_its_registry_and_gives_it_back() -> None:
+    # pytester's in-process runs start a session inside a session.
+    outer, inner = spawns.SpawnRegistry(), spawns.SpawnRegistry()
+    original_fork = os.fork
+    spawns.install(outer)
+    try:
+        spawns.install(inner)
+        with subprocess.Popen(["true"]) as first:
+            pass
+        assert inner.by_pid(first.pid) is not None
+        assert outer.by_pid(first.pid) is None
+        spawns.uninstall(inner)
+        assert os.fork is not original_fork  # still wrapped for the outer one
+        with subprocess.Popen(["true"]) as second:
+            pass
+        assert outer.by_pid(second.pid) is not None
+    finally:
+        spawns.uninstall(inner)  # a second call changes nothing
+        spawns.uninstall(outer)
+    assert os.fork is original_fork

@@ -73,11 +73,11 @@ def pytest_configure(config: pytest.Config) -> None:
     registry = spawns.SpawnRegistry()
     registry.ignore = resolved.ignore
     registry.stack_stop = reporting.runner_folders()
-    config.add_cleanup(spawns.uninstall)
+    config.add_cleanup(lambda: spawns.uninstall(registry))
     try:
         spawns.install(registry)
     except Exception as exc:  # e.g. /proc unreadable: degrade, never crash
-        spawns.uninstall()
+        spawns.uninstall(registry)
         config.issue_config_time_warning(_disabled_warning(exc), stacklevel=2)
         return
     config.stash[tracker_key] = Tracker(
@@ -197,14 +197,23 @@ def _judge_test(item: pytest.Item, tracker: Tracker, owner: Owner) -> list[Leak]
     if verdict is None or verdict is NOTHING:
         return []
     own = [leak for leak in verdict.leaks if not leak.owner.allowed]
-    _keep(item.config, own)
-    _keep(item.config, [leak for leak in verdict.late if not leak.owner.allowed])
+    _keep(item.config, own, failing="test")
+    late = [leak for leak in verdict.late if not leak.owner.allowed]
+    _keep(item.config, late, failing="run")
     return own
 
 
-def _keep(config: pytest.Config, leaks: list[Leak]) -> None:
-    """Queue leaks as records for the next report (and so the summary)."""
-    verdict = "failed" if config.stash[settings_key].mode == "fail" else "warned"
+def _keep(config: pytest.Config, leaks: list[Leak], failing: str) -> None:
+    """Queue leaks as records for the next report (and so the summary).
+
+    ``failing`` says what a leak fails in fail mode: its ``test`` (which then
+    reports the failure itself), or only the ``run``, for leaks found after
+    their test had reported (late and fixture leaks).
+    """
+    if config.stash[settings_key].mode != "fail":
+        verdict = "warned"
+    else:
+        verdict = "failed-test" if failing == "test" else "failed-run"
     config.stash[results_key].pending.extend(
         reporting.leak_record(leak, config.rootpath, verdict) for leak in leaks
     )
@@ -310,7 +319,7 @@ def pytest_fixture_post_finalizer(
     if verdict is None:
         return
     leaks = [leak for leak in verdict.leaks if not leak.owner.allowed]
-    _keep(request.config, leaks)
+    _keep(request.config, leaks, failing="run")
     if leaks and request.config.stash[settings_key].mode == "warn":
         root = request.config.rootpath
         text = "\n".join(reporting.format_leak(leak, root) for leak in leaks)
@@ -334,7 +343,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     leftover: list[reporting.Record] = []
     if tracker is not None:
         swept = _guarded(config, tracker.final_sweep) or []
-        _keep(config, [leak for leak in swept if not leak.owner.allowed])
+        _keep(config, [leak for leak in swept if not leak.owner.allowed], "run")
     if tracker is not None and resolved.running != "ignore":
         records = _guarded(config, tracker.running_leftovers) or []
         leftover = [reporting.leftover_record(r, config.rootpath) for r in records]
@@ -346,7 +355,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     run_results.leaks.extend(late)
     run_results.running.extend(leftover)
-    failing = bool(run_results.leaks) and resolved.mode == "fail"
+    # A leak that failed its test is in that test's outcome already (and a
+    # rerun that passes must leave the run green); the others only here.
+    failing = any(r["verdict"] == "failed-run" for r in run_results.leaks)
     if resolved.running == "fail" and run_results.running:
         failing = True
     if failing and session.exitstatus == pytest.ExitCode.OK:
@@ -380,9 +391,10 @@ def _guarded(config: pytest.Config, func: Any, *args: Any) -> Any:
     try:
         return func(*args)
     except Exception as exc:  # never let a bug of ours crash the run
-        if config.stash.get(tracker_key, None) is not None:
+        tracker = config.stash.get(tracker_key, None)
+        if tracker is not None:
             del config.stash[tracker_key]
-            spawns.uninstall()
+            spawns.uninstall(tracker.registry)
             warnings.warn(_disabled_warning(exc), stacklevel=1)
         return None
 

@@ -290,40 +290,53 @@ def _as_argv(args: Any) -> tuple[str, ...] | None:
 
 # --- the wrappers ---------------------------------------------------------------
 
+#: The registry the wrappers report to: the newest of ``_registries``.
 _registry: SpawnRegistry | None = None
+#: A session inside a session (pytester's in-process runs) stacks its own.
+_registries: list[SpawnRegistry] = []
 _originals: list[tuple[Any, str, Any]] = []
 
 
 def install(registry: SpawnRegistry) -> None:
-    """Wrap the spawning entry points so they report to ``registry``."""
+    """Wrap the spawning entry points so they report to ``registry``.
+
+    A nested session (``pytester.runpytest_inprocess``) reuses the wrappers
+    and stacks its registry; ``uninstall(registry)`` gives the outer session
+    its own back.
+    """
     global _registry
-    if _originals:
-        uninstall()
+    if not _originals:
+        _patch(os, "fork", _wrap_fork)
+        if hasattr(os, "forkpty"):
+            _patch(os, "forkpty", _wrap_forkpty)
+        for name in ("posix_spawn", "posix_spawnp"):
+            if hasattr(os, name):
+                _patch(os, name, _wrap_posix_spawn)
+        if _posixsubprocess is not None:
+            _patch(_posixsubprocess, "fork_exec", _wrap_fork_exec)
+        if getattr(subprocess, "_fork_exec", None) is not None:
+            # Python 3.11+ binds fork_exec into subprocess at import time.
+            _patch(subprocess, "_fork_exec", _wrap_fork_exec)
+        _patch(subprocess.Popen, "_execute_child", _wrap_execute_child)
+    _registries.append(registry)
     _registry = registry
-    _patch(os, "fork", _wrap_fork)
-    if hasattr(os, "forkpty"):
-        _patch(os, "forkpty", _wrap_forkpty)
-    for name in ("posix_spawn", "posix_spawnp"):
-        if hasattr(os, name):
-            _patch(os, name, _wrap_posix_spawn)
-    if _posixsubprocess is not None:
-        _patch(_posixsubprocess, "fork_exec", _wrap_fork_exec)
-    if getattr(subprocess, "_fork_exec", None) is not None:
-        # Python 3.11+ binds fork_exec into subprocess at import time.
-        _patch(subprocess, "_fork_exec", _wrap_fork_exec)
-    _patch(subprocess.Popen, "_execute_child", _wrap_execute_child)
     _register_existing_children(registry)
 
 
-def uninstall() -> None:
-    """Put every original back, newest first, and release the records."""
+def uninstall(registry: SpawnRegistry | None = None) -> None:
+    """Stop reporting to ``registry`` (the newest by default) and release its
+    records; once no registry is left, put every original back."""
     global _registry
-    while _originals:
-        owner, name, original = _originals.pop()
-        setattr(owner, name, original)
-    if _registry is not None:
-        _registry.close()
-    _registry = None
+    if registry is None and _registries:
+        registry = _registries[-1]
+    if registry is not None and registry in _registries:
+        _registries.remove(registry)
+        registry.close()
+    _registry = _registries[-1] if _registries else None
+    if not _registries:
+        while _originals:
+            owner, name, original = _originals.pop()
+            setattr(owner, name, original)
 
 
 def _patch(owner: Any, name: str, make: Callable[[Any, str], Any]) -> None:
@@ -412,6 +425,9 @@ def iter_user_frames(
     """Frames of ``stack`` that are not under any of the ``excluded`` folders."""
     for frame in stack:
         name = frame.filename
-        if name.startswith("<") or name.startswith(excluded):
+        if name.startswith("<doctest "):
+            yield frame  # a doctest example: the user's code, with no file
+        elif name.startswith("<") or name.startswith(excluded):
             continue
-        yield frame
+        else:
+            yield frame
