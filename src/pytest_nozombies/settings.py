@@ -14,12 +14,13 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeVar
 
 import pytest
 
 from . import subreaper
 
+T = TypeVar("T", bound=str)
 Mode = Literal["fail", "warn", "off"]
 MODES: tuple[Mode, ...] = ("fail", "warn", "off")
 Running = Literal["ignore", "warn", "fail"]
@@ -172,13 +173,19 @@ def _ini_source(config: pytest.Config, setting: Setting) -> str:
     return f"{setting.ini} (ini{where})"
 
 
-def _resolve_mode(config: pytest.Config) -> Mode:
-    value, source = _read(config, MODE)
+def _resolve_choice(
+    config: pytest.Config, setting: Setting, choices: tuple[T, ...]
+) -> T:
+    value, source = _read(config, setting)
     normalized = value.strip().lower()
-    for mode in MODES:
-        if normalized == mode:
-            return mode
-    raise _invalid(source, value, "expected one of: " + ", ".join(MODES))
+    for choice in choices:
+        if normalized == choice:
+            return choice
+    raise _invalid(source, value, "expected one of: " + ", ".join(choices))
+
+
+def _resolve_mode(config: pytest.Config) -> Mode:
+    return _resolve_choice(config, MODE, MODES)
 
 
 def _resolve_grace(config: pytest.Config) -> float:
@@ -194,12 +201,7 @@ def _resolve_grace(config: pytest.Config) -> float:
 
 
 def _resolve_running(config: pytest.Config) -> Running:
-    value, source = _read(config, RUNNING)
-    normalized = value.strip().lower()
-    for choice in RUNNING_CHOICES:
-        if normalized == choice:
-            return choice
-    raise _invalid(source, value, "expected one of: " + ", ".join(RUNNING_CHOICES))
+    return _resolve_choice(config, RUNNING, RUNNING_CHOICES)
 
 
 def _resolve_ignore(config: pytest.Config) -> tuple[re.Pattern[str], ...]:
