@@ -105,6 +105,43 @@ def test_module_fixture_leak_is_reported_against_the_fixture(
     )
 
 
+def test_module_fixture_teardown_leak_is_reported_against_the_fixture(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    pytester.makepyfile(
+        test_teardown="""
+        import os, subprocess
+        import pytest
+
+        kept = []
+
+        @pytest.fixture(scope="module")
+        def server():
+            yield
+            p = subprocess.Popen(["sh", "-c", "exit 5"])
+            kept.append(p)
+            os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+
+        def test_one(server):
+            pass
+
+        def test_two(server):
+            pass
+        """
+    )
+    result = run_inner()
+    result.assert_outcomes(passed=2)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        [
+            "*= nozombies: 1 zombie leak =*",
+            "fixture 'server' (module scope, teardown of test_teardown.py::test_two)"
+            ": pid * sh -c 'exit 5', exited with code 5, spawned at "
+            "test_teardown.py:9",
+        ]
+    )
+
+
 def test_late_zombie_is_blamed_on_the_test_that_spawned_it(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:

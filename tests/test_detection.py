@@ -293,7 +293,7 @@ LEAK_CASES = {
         command=literal("sh -c 'exit 10'"),
         ended="exited with code 10",
         how="subprocess.Popen",
-        owner="test_x.py::test_uses (teardown)",
+        owner="fixture 'leaky' (function scope, teardown of test_x.py::test_uses)",
         test="test_uses",
     ),
 }

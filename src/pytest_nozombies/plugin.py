@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import warnings
@@ -137,11 +138,27 @@ def _run_as(tracker: Tracker, owner: Owner) -> Generator[None, object, object]:
 # needs a wrapper.
 
 
+def _runs_in_forked_copy(item: pytest.Item) -> bool:
+    """pytest-forked runs this test in a fork of the session, on purpose."""
+    config = item.config
+    if not hasattr(config.option, "forked"):
+        return False  # pytest-forked is not installed
+    return bool(config.option.forked) or item.get_closest_marker("forked") is not None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     tracker = _tracker(item.config)
     if tracker is None:
-        return
+        forked = item.config.stash.get(tracker_key, None)
+        if forked is None or not _runs_in_forked_copy(item):
+            return
+        # pytest-forked's copy runs the whole test and sends its reports back:
+        # it judges its own children, and the leaks travel on those reports.
+        tracker = forked
+        tracker.move_to_this_process()
+        if tracker.adopt_orphans:
+            subreaper.set_subreaper(True)  # a subreaper flag is not inherited
     baseline = _guarded(item.config, tracker.baseline)
     if baseline:  # usually empty: then nothing is stored
         item.stash[baseline_key] = baseline
@@ -157,7 +174,8 @@ def pytest_runtest_call(item: pytest.Item) -> None:
     tracker = _tracker(item.config)
     owner = item.stash.get(owner_key, None)
     if tracker is not None and owner is not None:
-        tracker.enter_phase(owner._replace(phase="call"))
+        # Built directly: NamedTuple._replace costs several times more.
+        tracker.enter_phase(Owner(owner.nodeid, "call", allowed=owner.allowed))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -166,7 +184,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object
     owner = item.stash.get(owner_key, None)
     if tracker is None or owner is None:
         return (yield)
-    owner = owner._replace(phase="teardown")
+    owner = Owner(owner.nodeid, "teardown", allowed=owner.allowed)
     tracker.enter_phase(owner)
     try:
         result = yield
@@ -301,7 +319,24 @@ def pytest_fixture_setup(
     if owner.scope != "function":
         tracker.open_scope(owner.scope_key)
         tracker.fixture_owners[id(fixturedef)] = owner
-    return (yield from _run_as(tracker, owner))
+    try:
+        return (yield from _run_as(tracker, owner))
+    finally:
+        # Finalizers run last in, first out: this one, added after the
+        # fixture's own teardown, runs just before it and gives it its owner.
+        fixturedef.addfinalizer(
+            functools.partial(_enter_fixture_teardown, tracker, owner, fixturedef)
+        )
+
+
+def _enter_fixture_teardown(
+    tracker: Tracker, owner: Owner, fixturedef: pytest.FixtureDef[Any]
+) -> None:
+    current = tracker.registry.owner
+    nodeid = current.nodeid if current is not None else owner.nodeid
+    teardown = owner._replace(nodeid=nodeid, phase="teardown")
+    tracker.fixture_teardowns[id(fixturedef)] = teardown
+    tracker.push_owner(teardown)
 
 
 def pytest_fixture_post_finalizer(
@@ -310,6 +345,9 @@ def pytest_fixture_post_finalizer(
     tracker = _tracker(request.config)
     if tracker is None:
         return
+    teardown = tracker.fixture_teardowns.pop(id(fixturedef), None)
+    if teardown is not None:
+        tracker.pop_owner(teardown)
     owner = tracker.fixture_owners.pop(id(fixturedef), None)
     if owner is None:
         return

@@ -59,6 +59,18 @@ class Verdict:
 NOTHING = Verdict()
 
 
+#: How many forks this process is into (a child sees one more than its parent).
+_forks_seen = [0]
+
+
+def _count_fork_in_child() -> None:
+    _forks_seen[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork_in_child)
+
+
 class Tracker:
     """Keeps the owner stack and judges scopes as they end."""
 
@@ -71,10 +83,13 @@ class Tracker:
         self.adopt_orphans = adopt_orphans
         #: The process the session belongs to; a forked copy never judges.
         self.pid = os.getpid()
+        self._forks_seen = _forks_seen[0]
         self._owners: list[Owner] = []
         self._open_scopes: dict[Hashable, int] = {}
         #: Owners of wider-scoped fixtures now set up, by ``id(fixturedef)``.
         self.fixture_owners: dict[int, Owner] = {}
+        #: Owners of fixture teardowns now running, by ``id(fixturedef)``.
+        self.fixture_teardowns: dict[int, Owner] = {}
 
     # --- ownership -----------------------------------------------------------
 
@@ -92,8 +107,16 @@ class Tracker:
         self._owners.append(owner)
         self.registry.owner = owner
 
-    def pop_owner(self) -> None:
-        self._owners.pop()
+    def pop_owner(self, owner: Owner | None = None) -> None:
+        """Drop ``owner`` (by default the newest) from the owner stack."""
+        if owner is None:
+            if self._owners:
+                self._owners.pop()
+        else:
+            for index in range(len(self._owners) - 1, -1, -1):
+                if self._owners[index] is owner:
+                    del self._owners[index]
+                    break
         self.registry.owner = self._owners[-1] if self._owners else None
 
     def open_scope(self, key: Hashable) -> None:
@@ -108,7 +131,19 @@ class Tracker:
 
     @property
     def in_original_process(self) -> bool:
-        return os.getpid() == self.pid
+        # Asked several times per test: a counter that only a forked child
+        # sees change is cheaper than os.getpid(), a system call.
+        return _forks_seen[0] == self._forks_seen
+
+    def move_to_this_process(self) -> None:
+        """Judge in this forked copy of the session (pytest-forked's).
+
+        The records it inherited name the original process's children; they
+        are none of this copy's, so they are dropped (closing the copy's pidfds).
+        """
+        self.pid = os.getpid()
+        self._forks_seen = _forks_seen[0]
+        self.registry.close()
 
     # --- checks ----------------------------------------------------------------
 
