@@ -54,9 +54,9 @@ def run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Run
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("BUILD_NUMBER", raising=False)
 
-    def run(*args: str) -> pytest.RunResult:
+    def run(*args: str, timeout: float = DEADLINE * 4) -> pytest.RunResult:
         return pytester.runpytest_subprocess(
-            "-p", "no:cacheprovider", *args, timeout=DEADLINE * 4
+            "-p", "no:cacheprovider", *args, timeout=timeout
         )
 
     return run
