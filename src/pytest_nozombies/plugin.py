@@ -158,7 +158,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         tracker = forked
         tracker.move_to_this_process()
         if tracker.adopt_orphans:
-            subreaper.set_subreaper(True)  # a subreaper flag is not inherited
+            # A subreaper flag is not inherited across fork.
+            _guarded(item.config, subreaper.set_subreaper, True)
     baseline = _guarded(item.config, tracker.baseline)
     if baseline:  # usually empty: then nothing is stored
         item.stash[baseline_key] = baseline
