@@ -59,18 +59,6 @@ class Verdict:
 NOTHING = Verdict()
 
 
-#: How many forks this process is into (a child sees one more than its parent).
-_forks_seen = [0]
-
-
-def _count_fork_in_child() -> None:
-    _forks_seen[0] += 1
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_count_fork_in_child)
-
-
 class Tracker:
     """Keeps the owner stack and judges scopes as they end."""
 
@@ -83,7 +71,6 @@ class Tracker:
         self.adopt_orphans = adopt_orphans
         #: The process the session belongs to; a forked copy never judges.
         self.pid = os.getpid()
-        self._forks_seen = _forks_seen[0]
         self._owners: list[Owner] = []
         self._open_scopes: dict[Hashable, int] = {}
         #: Owners of wider-scoped fixtures now set up, by ``id(fixturedef)``.
@@ -131,9 +118,10 @@ class Tracker:
 
     @property
     def in_original_process(self) -> bool:
-        # Asked several times per test: a counter that only a forked child
-        # sees change is cheaper than os.getpid(), a system call.
-        return _forks_seen[0] == self._forks_seen
+        # Not an os.register_at_fork counter, though cheaper: that would run
+        # Python code in every forked child, and a child forked from a
+        # multi-threaded test can deadlock on any lock it touches.
+        return os.getpid() == self.pid
 
     def move_to_this_process(self) -> None:
         """Judge in this forked copy of the session (pytest-forked's).
@@ -142,7 +130,6 @@ class Tracker:
         are none of this copy's, so they are dropped (closing the copy's pidfds).
         """
         self.pid = os.getpid()
-        self._forks_seen = _forks_seen[0]
         self.registry.close()
 
     # --- checks ----------------------------------------------------------------
