@@ -195,3 +195,22 @@ def test_ignored_sigchld_means_no_zombies() -> None:
         assert processes.child_status(proc.pid) == "gone"
     finally:
         signal.signal(signal.SIGCHLD, previous)
+
+
+def test_a_forked_copy_lists_its_own_children_not_its_parents(
+    child: subprocess.Popen[bytes],
+) -> None:
+    # As in pytest-forked's copy of a session: the fork must see its children.
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        grandchild = os.fork()
+        if grandchild == 0:
+            os._exit(0)
+        os.waitid(os.P_PID, grandchild, os.WEXITED | os.WNOWAIT)
+        ok = processes.child_pids() == [grandchild] and child.pid not in (
+            processes.child_pids()
+        )
+        os.waitpid(grandchild, 0)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -29,7 +29,8 @@ SUPPORTED = os.name == "posix"
 
 _HAS_WAITID = hasattr(os, "waitid")
 _HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(select, "poll")
-_PROC_TASKS = f"/proc/{os.getpid()}/task"
+# "self", not the pid at import: a forked copy (pytest-forked) lists its own.
+_PROC_TASKS = "/proc/self/task"
 
 
 def _proc_children_available() -> bool:
