@@ -172,10 +172,10 @@ def simulate(
 
     for index, children in enumerate(history):
         nodeid = f"test_{index}"
-        owner = Owner(nodeid, "call")
-        baseline = judge.baseline()
-        judge.open_scope(owner.scope_key)
-        judge.push_owner(owner)
+        judge.start_test(nodeid, allowed=False)
+        judge.enter_phase("call")
+        owner = judge.current_owner()
+        assert owner == Owner(nodeid, "call")
         # Children of earlier tests dying now. The last test to use a pid must
         # be looked up before any new spawn can reuse it.
         dying = deaths.pop(index, [])
@@ -216,8 +216,7 @@ def simulate(
                 deaths.setdefault(index + child.dies_after, []).append(
                     (pid, nodeid, child)
                 )
-        judge.pop_owner()
-        verdict = judge.judge_scope(owner.scope_key, owner, baseline)
+        verdict = judge.end_test()
         found.extend(
             Found(leak.pid, leak.owner.nodeid, leak.late, leak.found_during)
             for leak in verdict.leaks + verdict.late

@@ -27,7 +27,7 @@ def registry() -> Iterator[spawns.SpawnRegistry]:
     originals = (os.fork, _posixsubprocess.fork_exec, _execute_child())
     registry = spawns.SpawnRegistry()
     spawns.install(registry)
-    registry.owner = OWNER
+    registry.test, registry.phase = OWNER.nodeid, OWNER.phase
     try:
         yield registry
     finally:

@@ -31,15 +31,46 @@ def parse(mark: pytest.Mark) -> str | None:
     return reason
 
 
-def check_item(item: pytest.Item) -> bool:
-    """Whether ``item`` is allowed zombies; ``pytest.UsageError`` if misused."""
-    allowed = False
-    for mark in item.iter_markers(MARKER):
-        allowed = True
+class AllowedTests:
+    """The node ids of the tests marked ``allow_zombies``, checked as collected.
+
+    A marker on a class or module is parsed once for that node, not again
+    for each of its tests: collection pays one look-up per test.
+    """
+
+    def __init__(self) -> None:
+        self.nodeids: set[str] = set()
+        #: Verdict per collection node (by id, the node kept alive beside it).
+        self._nodes: dict[int, tuple[pytest.Item | pytest.Collector, bool]] = {}
+
+    def check(self, item: pytest.Item) -> None:
+        """Note whether ``item`` is allowed; ``pytest.UsageError`` if misused."""
+        own = _marked(item)
+        parent = item.parent
+        if own or (parent is not None and self._node_allowed(parent)):
+            self.nodeids.add(item.nodeid)
+
+    def _node_allowed(self, node: pytest.Item | pytest.Collector) -> bool:
+        known = self._nodes.get(id(node))
+        if known is not None:
+            return known[1]
+        parent = node.parent
+        allowed = _marked(node) or (parent is not None and self._node_allowed(parent))
+        self._nodes[id(node)] = (node, allowed)
+        return allowed
+
+
+def _marked(node: pytest.Item | pytest.Collector) -> bool:
+    """Whether ``node`` itself carries the marker (its parents not asked)."""
+    marked = False
+    for mark in node.own_markers:
+        if mark.name != MARKER:
+            continue
+        marked = True
         try:
             parse(mark)
         except ValueError as exc:
             raise pytest.UsageError(
-                f"pytest-nozombies: @pytest.mark.{MARKER} on {item.nodeid} {exc}"
+                f"pytest-nozombies: @pytest.mark.{MARKER} on {node.nodeid} {exc}"
             ) from None
-    return allowed
+    return marked

@@ -44,6 +44,22 @@ class RunResults:
         return pending
 
 
+class LeakCollector:
+    """Reads the leak records off every report this process logs.
+
+    In a plain run that is every test's report; on an xdist controller, the
+    workers' reports as they arrive; under pytest-forked, the forked copies'.
+    """
+
+    def __init__(self, run_results: RunResults) -> None:
+        self.run_results = run_results
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        found = getattr(report, REPORT_ATTRIBUTE, None)
+        if found:
+            self.run_results.leaks.extend(found)
+
+
 def report_document(
     results: RunResults, metadata: dict[str, Any], exit_status: int
 ) -> dict[str, Any]:

@@ -148,8 +148,13 @@ class SpawnRegistry:
     """Every child spawned through Python, by pid, grouped by owner scope."""
 
     def __init__(self) -> None:
-        #: Set by the caller around each test and fixture; read at spawn time.
-        self.owner: Owner | None = None
+        #: The test now running, as the caller sets it around each test. Kept
+        #: as plain fields: an ``Owner`` is only built when a child is spawned.
+        self.test: str | None = None
+        self.phase = ""
+        self.test_allowed = False
+        #: Owners of fixtures now setting up or tearing down, innermost last.
+        self.fixture_owners: list[Owner] = []
         #: Command lines matching one of these are never leaks.
         self.ignore: tuple[re.Pattern[str], ...] = ()
         #: Folders where a spawn stack stops (the test runner's own frames).
@@ -157,6 +162,14 @@ class SpawnRegistry:
         self._records: dict[int, SpawnRecord] = {}
         self._by_scope: dict[Hashable, dict[int, SpawnRecord]] = {}
         self._lock = threading.Lock()
+
+    def current_owner(self) -> Owner | None:
+        """What answers for a child spawned now."""
+        if self.fixture_owners:
+            return self.fixture_owners[-1]
+        if self.test is None:
+            return None
+        return Owner(self.test, self.phase, allowed=self.test_allowed)
 
     def get(self, identity: processes.ChildIdentity) -> SpawnRecord | None:
         record = self._records.get(identity.pid)
@@ -166,6 +179,10 @@ class SpawnRegistry:
 
     def by_pid(self, pid: int) -> SpawnRecord | None:
         return self._records.get(pid)
+
+    def has_scope(self, key: Hashable) -> bool:
+        """Whether any recorded child belongs to scope ``key``: one dict look-up."""
+        return key in self._by_scope
 
     def in_scope(self, key: Hashable) -> list[SpawnRecord]:
         scope = self._by_scope.get(key)
@@ -235,7 +252,7 @@ class SpawnRegistry:
                 how,
                 capture_stack(depth + 1, self.stack_stop),
                 # An exempt child has no owner, so no scope ever judges it.
-                None if exempt else self.owner,
+                None if exempt else self.current_owner(),
                 exempt,
                 handle,
             )

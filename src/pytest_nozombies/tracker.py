@@ -57,10 +57,12 @@ class Verdict:
 
 #: The verdict of the common check that finds nothing; never mutated.
 NOTHING = Verdict()
+#: The baseline of nearly every test.
+NO_ZOMBIES: frozenset[processes.ChildIdentity] = frozenset()
 
 
 class Tracker:
-    """Keeps the owner stack and judges scopes as they end."""
+    """Says who owns what is spawned now, and judges scopes as they end."""
 
     def __init__(
         self, registry: SpawnRegistry, grace: float, *, adopt_orphans: bool = False
@@ -71,42 +73,54 @@ class Tracker:
         self.adopt_orphans = adopt_orphans
         #: The process the session belongs to; a forked copy never judges.
         self.pid = os.getpid()
-        self._owners: list[Owner] = []
+        #: Scopes of wider fixtures now set up: their children wait for them.
         self._open_scopes: dict[Hashable, int] = {}
-        #: Owners of wider-scoped fixtures now set up, by ``id(fixturedef)``.
-        self.fixture_owners: dict[int, Owner] = {}
-        #: Owners of fixture teardowns now running, by ``id(fixturedef)``.
-        self.fixture_teardowns: dict[int, Owner] = {}
+        #: Zombies that existed when the running test started.
+        self._baseline = NO_ZOMBIES
 
-    # --- ownership -----------------------------------------------------------
+    # --- ownership ---------------------------------------------------------
+    # Called around every test: plain field updates, no allocation.
 
-    def enter_phase(self, owner: Owner) -> None:
-        """A test phase starts: its owner replaces whatever ran before."""
-        self._owners.clear()
-        self._owners.append(owner)
-        self.registry.owner = owner
+    def start_test(self, nodeid: str, allowed: bool) -> None:
+        """A test starts: it owns what is spawned from now until ``end_test``.
 
-    def leave_test(self) -> None:
-        self._owners.clear()
-        self.registry.owner = None
+        Zombies that exist now are its baseline and can never be blamed on it
+        (nearly always there are none, as one system call tells).
+        """
+        registry = self.registry
+        registry.test = nodeid
+        registry.test_allowed = allowed
+        registry.phase = "setup"
+        if registry.fixture_owners:
+            registry.fixture_owners.clear()
+        if processes.any_child_exited():
+            self._baseline = processes.snapshot_zombies()
+        else:
+            self._baseline = NO_ZOMBIES
+
+    def enter_phase(self, phase: str) -> None:
+        """The running test's next phase starts; no fixture owns anything now."""
+        self.registry.phase = phase
+        if self.registry.fixture_owners:
+            self.registry.fixture_owners.clear()
 
     def push_owner(self, owner: Owner) -> None:
-        self._owners.append(owner)
-        self.registry.owner = owner
+        """A fixture starts setting up or tearing down: it owns what it spawns."""
+        self.registry.fixture_owners.append(owner)
 
-    def pop_owner(self, owner: Owner | None = None) -> None:
-        """Drop ``owner`` (by default the newest) from the owner stack."""
-        if owner is None:
-            if self._owners:
-                self._owners.pop()
-        else:
-            for index in range(len(self._owners) - 1, -1, -1):
-                if self._owners[index] is owner:
-                    del self._owners[index]
-                    break
-        self.registry.owner = self._owners[-1] if self._owners else None
+    def pop_owner(self, owner: Owner) -> None:
+        """Drop ``owner`` from the fixture owners (finished or failed)."""
+        owners = self.registry.fixture_owners
+        for index in range(len(owners) - 1, -1, -1):
+            if owners[index] is owner:
+                del owners[index]
+                break
+
+    def current_owner(self) -> Owner | None:
+        return self.registry.current_owner()
 
     def open_scope(self, key: Hashable) -> None:
+        """A fixture wider than a test was set up: its children wait for it."""
         self._open_scopes[key] = self._open_scopes.get(key, 0) + 1
 
     def close_scope(self, key: Hashable) -> None:
@@ -115,13 +129,6 @@ class Tracker:
             self._open_scopes.pop(key, None)
         else:
             self._open_scopes[key] = count
-
-    @property
-    def in_original_process(self) -> bool:
-        # Not an os.register_at_fork counter, though cheaper: that would run
-        # Python code in every forked child, and a child forked from a
-        # multi-threaded test can deadlock on any lock it touches.
-        return os.getpid() == self.pid
 
     def move_to_this_process(self) -> None:
         """Judge in this forked copy of the session (pytest-forked's).
@@ -134,9 +141,27 @@ class Tracker:
 
     # --- checks ----------------------------------------------------------------
 
-    def baseline(self) -> frozenset[processes.ChildIdentity]:
-        """Zombies that exist now and so can never be blamed on what follows."""
-        return processes.snapshot_zombies()
+    def end_test(self) -> Verdict:
+        """The running test finished its teardown: judge what it left.
+
+        The fast path of nearly every test is one dict look-up and one system
+        call: nothing recorded for it and no zombie anywhere.
+        """
+        registry = self.registry
+        nodeid = registry.test
+        registry.test = None
+        if registry.fixture_owners:
+            registry.fixture_owners.clear()
+        if nodeid is None:
+            return NOTHING
+        if (
+            not registry.has_scope(nodeid)
+            and not self.adopt_orphans
+            and not processes.any_child_exited()
+        ):
+            return NOTHING
+        current = Owner(nodeid, "teardown", allowed=registry.test_allowed)
+        return self.judge_scope(nodeid, current, self._baseline)
 
     def judge_scope(
         self,
