@@ -12,7 +12,7 @@ run, and the fast path of each is a few attribute reads and one ``waitid``.
   teardown (``fail``) or warns (``warn``); wider fixtures are judged when they
   are finalized; late leaks are blamed on the test that spawned them.
 * Every leak becomes a record that rides on the next teardown report (see
-  results.py); ``ReportCarrier`` is registered only while records wait.
+  results.py).
 """
 
 from __future__ import annotations
@@ -22,14 +22,17 @@ import itertools
 import os
 import warnings
 from collections.abc import Callable, Generator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from . import reporting, results, spawns, subreaper
+from . import results, spawns
 from .settings import Settings
 from .spawns import Owner
 from .tracker import NOTHING, Leak, Tracker, Verdict
+
+if TYPE_CHECKING:
+    from .reporting import Record
 
 T = TypeVar("T")
 
@@ -48,6 +51,8 @@ class TestChecks:
         settings: Settings,
         run_results: results.RunResults,
         allowed: set[str],
+        *,
+        count_carried: bool,
     ) -> None:
         self.config = config
         self.tracker = tracker
@@ -55,7 +60,7 @@ class TestChecks:
         self.run_results = run_results
         #: Node ids of the tests marked ``allow_zombies`` (filled at collection).
         self.allowed = allowed
-        self.carrier = ReportCarrier(run_results)
+        self.carrier = results.ReportCarrier(run_results, count=count_carried)
         self.enabled = True
         #: The test whose setup hook ran and whose teardown is not judged yet.
         self._test_item: pytest.Item | None = None
@@ -140,34 +145,40 @@ class TestChecks:
         reports the failure itself), or only the ``run``, for leaks found after
         their test had reported (late and fixture leaks).
         """
+        if not leaks:
+            return
+        from .reporting import leak_record  # only ever needed for a leak
+
         if self.settings.mode != "fail":
             verdict = "warned"
         else:
             verdict = "failed-test" if failing == "test" else "failed-run"
         root = self.config.rootpath
         self.run_results.pending.extend(
-            reporting.leak_record(leak, root, verdict) for leak in leaks
+            leak_record(leak, root, verdict) for leak in leaks
         )
 
     def _message(self, leaks: list[Leak]) -> str:
+        from .reporting import format_test_leaks
+
         config = self.config
-        return reporting.format_test_leaks(
-            leaks, config.rootpath, config.get_verbosity()
-        )
+        return format_test_leaks(leaks, config.rootpath, config.get_verbosity())
 
     def _deliver(self, item: pytest.Item, leaks: list[Leak]) -> None:
+        from .reporting import ZombieWarning
+
         text = self._message(leaks)
         if self.settings.mode == "fail":
             pytest.fail(text, pytrace=False)
         path, lineno, _ = item.location
         try:
             warnings.warn_explicit(
-                reporting.ZombieWarning(text),
-                category=reporting.ZombieWarning,
+                ZombieWarning(text),
+                category=ZombieWarning,
                 filename=str(self.config.rootpath / path),
                 lineno=(lineno or 0) + 1,
             )
-        except reporting.ZombieWarning:
+        except ZombieWarning:
             escalated = True  # -W error::pytest_nozombies.ZombieWarning
         else:
             escalated = False
@@ -191,6 +202,8 @@ class TestChecks:
             return False
         self.tracker.move_to_this_process()
         if self.tracker.adopt_orphans:
+            from . import subreaper
+
             # A subreaper flag is not inherited across fork.
             self.guarded(subreaper.set_subreaper, True)
         return True
@@ -254,13 +267,15 @@ class TestChecks:
         leaks = [leak for leak in verdict.leaks if not leak.owner.allowed]
         self.keep(leaks, failing="run")
         if leaks and self.settings.mode == "warn":
+            from .reporting import ZombieWarning, format_leak
+
             root = self.config.rootpath
-            text = "\n".join(reporting.format_leak(leak, root) for leak in leaks)
-            warnings.warn(reporting.ZombieWarning(text), stacklevel=1)
+            text = "\n".join(format_leak(leak, root) for leak in leaks)
+            warnings.warn(ZombieWarning(text), stacklevel=1)
 
     # --- the end of the session -------------------------------------------------
 
-    def finish_session(self) -> list[reporting.Record]:
+    def finish_session(self) -> list[Record]:
         """Judge what died after the last check; return the running leftovers."""
         tracker = self.tracker
         swept = self.guarded(tracker.final_sweep) or []
@@ -268,8 +283,12 @@ class TestChecks:
         if self.settings.running == "ignore" or not self.enabled:
             return []
         records = self.guarded(tracker.running_leftovers) or []
+        if not records:
+            return []
+        from .reporting import leftover_record
+
         root = self.config.rootpath
-        return [reporting.leftover_record(r, root) for r in records]
+        return [leftover_record(r, root) for r in records]
 
     # --- faults -----------------------------------------------------------------
 
@@ -296,42 +315,3 @@ def disabled_warning(exc: Exception) -> pytest.PytestWarning:
         "the rest of this run. If this is not a permission problem of this "
         "machine, please report it."
     )
-
-
-class ReportCarrier:
-    """Puts waiting leak records on the next teardown report, then leaves.
-
-    Registered only while records wait, so that ordinary tests pay for no
-    ``pytest_runtest_makereport`` wrapper at all.
-    """
-
-    def __init__(self, run_results: results.RunResults) -> None:
-        self.run_results = run_results
-        self._config: pytest.Config | None = None
-
-    def attach_to_next_teardown(self, config: pytest.Config) -> None:
-        if self._config is None:
-            self._config = config
-            config.pluginmanager.register(self, "nozombies-carrier")
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
-        if call.when == "teardown":
-            self._attach(report)
-        return report
-
-    def _attach(self, report: pytest.TestReport) -> None:
-        found = self.run_results.take_pending()
-        if found:
-            # A plain attribute survives xdist's serialization of the report;
-            # user_properties become JUnit XML <property> elements.
-            setattr(report, results.REPORT_ATTRIBUTE, found)
-            report.user_properties.extend(
-                (results.PROPERTY_NAME, reporting.leak_line(r)) for r in found
-            )
-        if self._config is not None:
-            self._config.pluginmanager.unregister(self)
-            self._config = None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import __version__, markers, processes, reporting, results, settings, spawns
+from . import __version__, markers, processes, results, settings, spawns
 
 if TYPE_CHECKING:  # imported when there is something to check
     from .checks import TestChecks
@@ -42,10 +42,15 @@ def pytest_configure(config: pytest.Config) -> None:
     run_results = config.stash[results_key] = results.RunResults()
     if resolved.mode == "off" or not processes.SUPPORTED:
         return  # nothing runs per test; the JSON report is still written
-    config.pluginmanager.register(
-        results.LeakCollector(run_results), "nozombies-results"
-    )
-    if config.pluginmanager.hasplugin("xdist") and not _is_worker(config):
+    controller = _is_xdist_controller(config)
+    # Reports that come from another process carry their leaks as records:
+    # read them as they are logged (an xdist controller, pytest-forked).
+    collect = controller or config.pluginmanager.hasplugin("forked")
+    if collect:
+        config.pluginmanager.register(
+            results.LeakCollector(run_results), "nozombies-results"
+        )
+    if controller:
         from .xdist import XdistControllerHooks
 
         config.pluginmanager.register(
@@ -53,20 +58,22 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     if resolved.subreaper:
         _become_subreaper(config)
-    _start_checks(config, resolved, run_results)
+    _start_checks(config, resolved, run_results, count_carried=not collect)
 
 
 def _start_checks(
     config: pytest.Config,
     resolved: settings.Settings,
     run_results: results.RunResults,
+    *,
+    count_carried: bool,
 ) -> None:
     from .checks import TestChecks, disabled_warning
     from .tracker import Tracker
 
     registry = spawns.SpawnRegistry()
     registry.ignore = resolved.ignore
-    registry.stack_stop = reporting.runner_folders()
+    registry.stack_stop = _runner_folders()
     config.add_cleanup(lambda: spawns.uninstall(registry))
     try:
         spawns.install(registry)
@@ -76,10 +83,25 @@ def _start_checks(
         return
     tracker = Tracker(registry, resolved.grace, adopt_orphans=resolved.subreaper)
     checks = TestChecks(
-        config, tracker, resolved, run_results, config.stash[allowed_key].nodeids
+        config,
+        tracker,
+        resolved,
+        run_results,
+        config.stash[allowed_key].nodeids,
+        count_carried=count_carried,
     )
     config.stash[checks_key] = checks
     config.pluginmanager.register(checks, "nozombies-checks")
+
+
+def _runner_folders() -> tuple[str, ...]:
+    """Folders of pytest and pluggy: a spawn stack need not go past them."""
+    import _pytest
+    import pluggy
+
+    return tuple(
+        os.path.join(os.path.dirname(m.__file__ or ""), "") for m in (_pytest, pluggy)
+    )
 
 
 def _become_subreaper(config: pytest.Config) -> None:
@@ -101,9 +123,23 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """Whether this process hands the tests out to xdist workers (``-n``)."""
+    if not config.pluginmanager.hasplugin("xdist") or _is_worker(config):
+        return False
+    return bool(config.getoption("dist", "no") != "no")
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     resolved = config.stash.get(settings_key, None)
-    return [] if resolved is None else [reporting.header_line(resolved)]
+    if resolved is None:
+        return []
+    if not processes.SUPPORTED:
+        return ["nozombies: nothing to check on this platform (it has no zombies)"]
+    if resolved.mode == "off":
+        return ["nozombies: mode=off, nothing is checked"]
+    source = "/proc" if processes.USES_PROC else "psutil"
+    return [f"nozombies: {resolved.describe()}, children read from {source}"]
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -160,7 +196,7 @@ def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
     run_results = config.stash.get(results_key, None)
-    if run_results is not None:
-        reporting.write_summary(
-            terminalreporter, run_results.leaks, run_results.running
-        )
+    if run_results is not None and (run_results.leaks or run_results.running):
+        from .reporting import write_summary
+
+        write_summary(terminalreporter, run_results.leaks, run_results.running)

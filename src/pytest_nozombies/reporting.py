@@ -14,7 +14,6 @@ import pluggy
 import pytest
 
 from . import processes
-from .settings import Settings
 from .spawns import Frame, Owner, SpawnRecord, iter_user_frames
 from .tracker import Leak
 
@@ -49,13 +48,6 @@ def _not_user_code() -> tuple[str, ...]:
     for module in (_pytest, pytest, pluggy, processes):
         folders.add(os.path.dirname(module.__file__ or ""))
     return tuple(sorted(os.path.join(f, "") for f in folders if f))
-
-
-def runner_folders() -> tuple[str, ...]:
-    """Folders of pytest and pluggy: a spawn stack need not go past them."""
-    return tuple(
-        os.path.join(os.path.dirname(m.__file__ or ""), "") for m in (_pytest, pluggy)
-    )
 
 
 def _relative(filename: str, root: Path) -> str:
@@ -118,15 +110,6 @@ def format_test_leaks(leaks: Sequence[Leak], root: Path, verbosity: int = 0) -> 
         for leak in leaks
     )
     return f"test left {count} {noun} (exited, never waited for):\n{body}\n{HINT}"
-
-
-def header_line(settings: Settings) -> str:
-    if not processes.SUPPORTED:
-        return "nozombies: nothing to check on this platform (it has no zombies)"
-    if settings.mode == "off":
-        return "nozombies: mode=off, nothing is checked"
-    source = "/proc" if processes.USES_PROC else "psutil"
-    return f"nozombies: {settings.describe()}, children read from {source}"
 
 
 # --- records: what travels on reports, across xdist, into the JSON report ----

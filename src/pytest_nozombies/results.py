@@ -14,8 +14,11 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import pytest
 
 if TYPE_CHECKING:
     from .reporting import Record
@@ -44,17 +47,63 @@ class RunResults:
         return pending
 
 
+class ReportCarrier:
+    """Puts waiting leak records on the next teardown report, then leaves.
+
+    Registered only while records wait, so that an ordinary test pays for no
+    ``pytest_runtest_makereport`` wrapper. With ``count``, it also adds what
+    it carries to the run's leaks; otherwise a ``LeakCollector`` reads them
+    off the reports as they are logged.
+    """
+
+    def __init__(self, run_results: RunResults, *, count: bool) -> None:
+        self.run_results = run_results
+        self.count = count
+        self._config: pytest.Config | None = None
+
+    def attach_to_next_teardown(self, config: pytest.Config) -> None:
+        if self._config is None:
+            self._config = config
+            config.pluginmanager.register(self, "nozombies-carrier")
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if call.when == "teardown":
+            self._attach(report)
+        return report
+
+    def _attach(self, report: pytest.TestReport) -> None:
+        from .reporting import leak_line
+
+        found = self.run_results.take_pending()
+        if found:
+            # A plain attribute survives xdist's and pytest-forked's
+            # serialization of the report; user_properties become JUnit XML
+            # <property> elements.
+            setattr(report, REPORT_ATTRIBUTE, found)
+            report.user_properties.extend((PROPERTY_NAME, leak_line(r)) for r in found)
+            if self.count:
+                self.run_results.leaks.extend(found)
+        if self._config is not None:
+            self._config.pluginmanager.unregister(self)
+            self._config = None
+
+
 class LeakCollector:
     """Reads the leak records off every report this process logs.
 
-    In a plain run that is every test's report; on an xdist controller, the
-    workers' reports as they arrive; under pytest-forked, the forked copies'.
+    Registered where reports come from other processes: on an xdist
+    controller (its workers run the tests) and wherever pytest-forked may run
+    a test in a forked copy of the session.
     """
 
     def __init__(self, run_results: RunResults) -> None:
         self.run_results = run_results
 
-    def pytest_runtest_logreport(self, report: Any) -> None:
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         found = getattr(report, REPORT_ATTRIBUTE, None)
         if found:
             self.run_results.leaks.extend(found)

@@ -18,8 +18,6 @@ from typing import Literal, NamedTuple, TypeVar
 
 import pytest
 
-from . import subreaper
-
 T = TypeVar("T", bound=str)
 Mode = Literal["fail", "warn", "off"]
 MODES: tuple[Mode, ...] = ("fail", "warn", "off")
@@ -257,11 +255,15 @@ def _resolve_subreaper(config: pytest.Config) -> bool:
                 "expected true or false"
             ) from None
         source = _ini_source(config, SUBREAPER)
-    if enabled and not subreaper.AVAILABLE:
+    if not enabled:
+        return False
+    from . import subreaper
+
+    if not subreaper.AVAILABLE:
         raise _invalid(
             source,
             "true",
             f"child subreapers exist only on Linux, not on {sys.platform}; "
             "remove the setting on this platform",
         )
-    return enabled
+    return True
