@@ -45,7 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
     controller = _is_xdist_controller(config)
     # Reports that come from another process carry their leaks as records:
     # read them as they are logged (an xdist controller, pytest-forked).
-    collect = controller or config.pluginmanager.hasplugin("forked")
+    collect = controller or _has_pytest_forked(config)
     if collect:
         config.pluginmanager.register(
             results.LeakCollector(run_results), "nozombies-results"
@@ -121,6 +121,11 @@ def _become_subreaper(config: pytest.Config) -> None:
 
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
+
+
+def _has_pytest_forked(config: pytest.Config) -> bool:
+    # Its option, not its plugin name ("pytest_forked"), is the stable sign.
+    return hasattr(config.option, "forked")
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
