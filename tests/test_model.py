@@ -76,6 +76,11 @@ class FakeKernel:
         states = (self.read_child(pid) for pid in sorted(self.procs))
         return [s for s in states if s is not None and s.zombie]
 
+    def children_now(self) -> str:
+        if not self.procs:
+            return "none"
+        return "exited" if self.any_child_exited() else "running"
+
     def any_child_exited(self) -> bool:
         return any(proc.state == "zombie" for proc in self.procs.values())
 
@@ -96,6 +101,7 @@ class FakeKernel:
 
 
 _SIMULATED = (
+    "children_now",
     "any_child_exited",
     "identify",
     "read_child",

@@ -46,14 +46,31 @@ def exited_child(code: int) -> subprocess.Popen[bytes]:
 
 def test_no_zombies_when_no_child_has_exited(child: subprocess.Popen[bytes]) -> None:
     assert child.pid in processes.child_pids()
+    assert processes.children_now() == "running"
     assert not processes.any_child_exited()
     assert processes.zombie_children() == []
     assert processes.child_status(child.pid) == "running"
 
 
+def test_a_process_without_children_is_told_apart() -> None:
+    # A fresh interpreter has no children at all: waitid says ECHILD.
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pytest_nozombies import processes; print(processes.children_now())",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert out.strip() == "none"
+
+
 def test_zombie_is_seen_and_not_reaped() -> None:
     proc = exited_child(7)
     try:
+        assert processes.children_now() == "exited"
         assert processes.any_child_exited()
         [zombie] = processes.zombie_children()
         assert zombie.identity.pid == proc.pid

@@ -197,18 +197,25 @@ def read_cmdline(pid: int) -> tuple[str, ...] | None:
         return None
 
 
-def any_child_exited() -> bool:
-    """Whether some child is a zombie: one system call, whatever the load.
+def children_now() -> Literal["none", "running", "exited"]:
+    """One non-reaping ``waitid``, whatever the load: does this process have no
+    children at all, only running ones, or at least one that has exited?
 
     Where ``os.waitid`` is missing (macOS before Python 3.13) this cannot be
-    known cheaply, so it answers ``True`` and the caller scans.
+    known cheaply, so it answers ``exited`` and the caller scans.
     """
     if not _HAS_WAITID:
-        return True
+        return "exited"
     try:
-        return os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:  # no children at all, or SIGCHLD ignored
-        return False
+        return "none"
+    return "running" if found is None else "exited"
+
+
+def any_child_exited() -> bool:
+    """Whether some child is a zombie: one system call (see ``children_now``)."""
+    return children_now() == "exited"
 
 
 def zombie_children() -> list[ChildState]:

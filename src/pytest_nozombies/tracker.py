@@ -77,6 +77,8 @@ class Tracker:
         self._open_scopes: dict[Hashable, int] = {}
         #: Zombies that existed when the running test started.
         self._baseline = NO_ZOMBIES
+        #: The last test ended with no child at all: the next needs no baseline.
+        self._childless = False
 
     # --- ownership ---------------------------------------------------------
     # Called around every test: plain field updates, no allocation.
@@ -93,7 +95,14 @@ class Tracker:
         registry.phase = "setup"
         if registry.fixture_owners:
             registry.fixture_owners.clear()
-        if processes.any_child_exited():
+        if self._childless:
+            # The last test's check found no child at all, and only pytest ran
+            # since: spare the system call. (A child started and dead in
+            # between outside Python is then blamed on this test, like any
+            # child made outside Python that shows up as a zombie during it.)
+            self._childless = False
+            self._baseline = NO_ZOMBIES
+        elif processes.any_child_exited():
             self._baseline = processes.snapshot_zombies()
         else:
             self._baseline = NO_ZOMBIES
@@ -145,7 +154,8 @@ class Tracker:
         """The running test finished its teardown: judge what it left.
 
         The fast path of nearly every test is one dict look-up and one system
-        call: nothing recorded for it and no zombie anywhere.
+        call: nothing recorded for it and no zombie anywhere. If that call
+        finds no child at all, the next ``start_test`` needs none.
         """
         registry = self.registry
         nodeid = registry.test
@@ -154,12 +164,11 @@ class Tracker:
             registry.fixture_owners.clear()
         if nodeid is None:
             return NOTHING
-        if (
-            not registry.has_scope(nodeid)
-            and not self.adopt_orphans
-            and not processes.any_child_exited()
-        ):
-            return NOTHING
+        if not registry.has_scope(nodeid) and not self.adopt_orphans:
+            now = processes.children_now()
+            if now != "exited":
+                self._childless = now == "none"
+                return NOTHING
         current = Owner(nodeid, "teardown", allowed=registry.test_allowed)
         return self.judge_scope(nodeid, current, self._baseline)
 
