@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -239,3 +240,29 @@ def test_a_nested_session_stacks_its_registry_and_gives_it_back() -> None:
         spawns.uninstall(inner)  # a second call changes nothing
         spawns.uninstall(outer)
     assert os.fork is original_fork
+
+
+def _frames_from(frame: FrameType | None) -> list[tuple[str, int, str]]:
+    found: list[tuple[str, int, str]] = []
+    while frame is not None:
+        found.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        frame = frame.f_back
+    return found
+
+
+def _capture_in_a_loop(flag: bool) -> tuple[tuple[spawns.RawFrame, ...], list[Any]]:
+    if flag:
+        for _ in range(2):
+            pass
+        # Both on one line, so that both see the same line of this frame.
+        raw, expected = spawns.capture_stack(0), _frames_from(sys._getframe())
+        return raw, expected
+    raise AssertionError("not reached")
+
+
+def test_lines_are_worked_out_later_exactly_as_f_lineno_gives_them() -> None:
+    values = [_capture_in_a_loop(True) for _ in range(1)]
+    raw, expected = values[0]
+    resolved = [tuple(f) for f in spawns.resolve_stack(raw)]
+    assert len(resolved) >= 3
+    assert resolved == expected[: len(resolved)]

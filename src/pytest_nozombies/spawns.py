@@ -22,6 +22,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterator
+from types import CodeType
 from typing import Any, NamedTuple
 
 from . import processes
@@ -32,7 +33,7 @@ except ImportError:  # Windows: nothing spawns zombies, nothing is installed
     _posixsubprocess = None  # type: ignore[assignment]
 
 # Long-lived helpers the standard library starts on purpose; never leaks.
-_STDLIB_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+_STDLIB_HELPER = re.compile(r"multiprocessing\.(?:resource_tracker|forkserver)")
 _MAX_STACK = 64
 
 
@@ -68,6 +69,10 @@ class Frame(NamedTuple):
     function: str
 
 
+#: A frame as captured at spawn time: its code and its last instruction.
+RawFrame = tuple[CodeType, int]
+
+
 class SpawnRecord:
     """One child this process spawned and has not seen reaped.
 
@@ -77,6 +82,7 @@ class SpawnRecord:
     """
 
     __slots__ = (
+        "_stack",
         "argv",
         "exempt",
         "handle",
@@ -85,7 +91,7 @@ class SpawnRecord:
         "left_running",
         "owner",
         "pid",
-        "stack",
+        "raw_stack",
         "start_time",
     )
 
@@ -99,13 +105,16 @@ class SpawnRecord:
         owner: Owner | None,
         exempt: str | None = None,
         handle: int | None = None,
+        raw_stack: tuple[RawFrame, ...] = (),
     ) -> None:
         self.pid = pid
         self.handle = handle
         self.start_time = start_time
         self.argv = argv
         self.how = how
-        self.stack = stack
+        self._stack: tuple[Frame, ...] | None = stack or None
+        #: The spawning stack as captured (see ``capture_stack``).
+        self.raw_stack = raw_stack
         self.owner = owner
         #: Why this child is never a leak: a stdlib helper, or nozombies_ignore.
         self.exempt = exempt
@@ -113,8 +122,18 @@ class SpawnRecord:
         #: Set once the owner's scope ended with the child still running.
         self.left_running = False
 
+    @property
+    def stack(self) -> tuple[Frame, ...]:
+        """The spawning stack, innermost first, with line numbers."""
+        if self._stack is None:
+            self._stack = resolve_stack(self.raw_stack)
+        return self._stack
+
     def status(self) -> processes.ChildStatus:
         """``running``, ``zombie`` or ``gone``: this child, not its pid's."""
+        holder = self.holder() if self.holder is not None else None
+        if getattr(holder, "returncode", None) is not None:
+            return "gone"  # its Popen reaped it: no system call needed
         if self.handle is not None:
             return processes.handle_status(self.handle)
         status = processes.child_status(self.pid)
@@ -180,10 +199,6 @@ class SpawnRegistry:
     def by_pid(self, pid: int) -> SpawnRecord | None:
         return self._records.get(pid)
 
-    def has_scope(self, key: Hashable) -> bool:
-        """Whether any recorded child belongs to scope ``key``: one dict look-up."""
-        return key in self._by_scope
-
     def in_scope(self, key: Hashable) -> list[SpawnRecord]:
         scope = self._by_scope.get(key)
         return list(scope.values()) if scope else []
@@ -206,6 +221,17 @@ class SpawnRegistry:
         with self._lock:
             if self._records.get(record.pid) is record:
                 self._discard_locked(record.pid)
+
+    def forget_collected(self, key: Hashable) -> bool:
+        """Drop scope ``key``'s records of children already reaped (by their
+        spawner, as well-behaved code does); whether none is left."""
+        scope = self._by_scope.get(key)
+        if not scope:
+            return True
+        for record in list(scope.values()):
+            if record.status() == "gone":
+                self.discard(record)
+        return key not in self._by_scope
 
     def leave_scope(self, key: Hashable) -> None:
         """Forget the grouping of a scope that ended; its records stay by pid."""
@@ -250,18 +276,19 @@ class SpawnRegistry:
                 start_time,
                 argv,
                 how,
-                capture_stack(depth + 1, self.stack_stop),
+                (),
                 # An exempt child has no owner, so no scope ever judges it.
                 None if exempt else self.current_owner(),
                 exempt,
                 handle,
+                raw_stack=capture_stack(depth + 1, self.stack_stop),
             )
         )
 
     def _exemption(self, argv: tuple[str, ...] | None) -> str | None:
         if argv is None:
             return None
-        if any(marker in arg for arg in argv for marker in _STDLIB_HELPERS):
+        if _STDLIB_HELPER.search("\0".join(argv)):
             return "standard library helper"
         if self.ignore:
             command = shlex.join(argv)
@@ -276,22 +303,41 @@ class SpawnRegistry:
             record.holder = weakref.ref(holder)
 
 
-def capture_stack(depth: int, stop: tuple[str, ...] = ()) -> tuple[Frame, ...]:
+def capture_stack(depth: int, stop: tuple[str, ...] = ()) -> tuple[RawFrame, ...]:
     """The calling stack, innermost first, without reading any source file.
 
     It ends at the first frame under a ``stop`` folder (the test runner's
-    machinery, the same for every test) or after ``_MAX_STACK`` frames.
+    machinery, the same for every test) or after ``_MAX_STACK`` frames. Each
+    frame is kept as its code and last instruction: ``frame.f_lineno`` scans
+    the code's whole line table, which for subprocess's long functions cost
+    more than the rest of a spawn's bookkeeping, and the line is only ever
+    needed if the child leaks (``resolve_stack``).
     """
-    frames: list[Frame] = []
+    frames: list[RawFrame] = []
     frame = sys._getframe(depth + 1)
     while frame is not None and len(frames) < _MAX_STACK:
         code = frame.f_code
         if stop and code.co_filename.startswith(stop):
             break
         if code.co_filename != __file__:  # our own wrappers are noise
-            frames.append(Frame(code.co_filename, frame.f_lineno or 0, code.co_name))
+            frames.append((code, frame.f_lasti))
         frame = frame.f_back  # type: ignore[assignment]
     return tuple(frames)
+
+
+def resolve_stack(raw: tuple[RawFrame, ...]) -> tuple[Frame, ...]:
+    """Line numbers for a captured stack, as ``frame.f_lineno`` gave them."""
+    return tuple(
+        Frame(code.co_filename, _line_of(code, lasti), code.co_name)
+        for code, lasti in raw
+    )
+
+
+def _line_of(code: CodeType, lasti: int) -> int:
+    for start, end, line in code.co_lines():
+        if start <= lasti < end:
+            return line if line is not None else code.co_firstlineno
+    return code.co_firstlineno
 
 
 def _as_argv(args: Any) -> tuple[str, ...] | None:
@@ -300,9 +346,13 @@ def _as_argv(args: Any) -> tuple[str, ...] | None:
     if isinstance(args, (str, bytes, os.PathLike)):
         args = [args]
     try:
-        return tuple(os.fsdecode(a) for a in args)
+        argv = tuple(args)
+        for arg in argv:
+            if type(arg) is not str:  # bytes or a path: decode them all
+                return tuple(os.fsdecode(a) for a in argv)
     except TypeError:
         return (repr(args),)
+    return argv
 
 
 # --- the wrappers ---------------------------------------------------------------

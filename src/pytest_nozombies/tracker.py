@@ -154,8 +154,9 @@ class Tracker:
         """The running test finished its teardown: judge what it left.
 
         The fast path of nearly every test is one dict look-up and one system
-        call: nothing recorded for it and no zombie anywhere. If that call
-        finds no child at all, the next ``start_test`` needs none.
+        call: nothing recorded for it (or every child it spawned reaped) and
+        no zombie anywhere. If that call finds no child at all, the next
+        ``start_test`` needs none.
         """
         registry = self.registry
         nodeid = registry.test
@@ -164,7 +165,9 @@ class Tracker:
             registry.fixture_owners.clear()
         if nodeid is None:
             return NOTHING
-        if not registry.has_scope(nodeid) and not self.adopt_orphans:
+        if not self.adopt_orphans and registry.forget_collected(nodeid):
+            # Nothing spawned, or all of it waited for: one system call
+            # tells whether any other child is a zombie.
             now = processes.children_now()
             if now != "exited":
                 self._childless = now == "none"
