@@ -343,7 +343,9 @@ def _line_of(code: CodeType, lasti: int) -> int:
 def _as_argv(args: Any) -> tuple[str, ...] | None:
     if args is None:
         return None
-    if isinstance(args, (str, bytes, os.PathLike)):
+    if not isinstance(args, (list, tuple)) and isinstance(
+        args, (str, bytes, os.PathLike)
+    ):
         args = [args]
     try:
         argv = tuple(args)
