@@ -266,3 +266,36 @@ def test_lines_are_worked_out_later_exactly_as_f_lineno_gives_them() -> None:
     resolved = [tuple(f) for f in spawns.resolve_stack(raw)]
     assert len(resolved) >= 3
     assert resolved == expected[: len(resolved)]
+
+
+def test_a_dropped_popen_tells_whether_its_child_was_reaped(
+    registry: spawns.SpawnRegistry,
+) -> None:
+    # Dropped while its child runs: CPython keeps the Popen in
+    # subprocess._active, so the child is still followed (through its pidfd).
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    pid = running.pid
+    record = registry.by_pid(pid)
+    assert record is not None
+    with pytest.warns(ResourceWarning):
+        del running
+    assert record.holder is not None
+    assert record.holder() is not None
+    assert record.status() == "running"
+    [kept] = [p for p in subprocess._active if p.pid == pid]  # type: ignore[attr-defined]
+    kept.kill()
+    wait_until_zombie(pid)
+    assert record.status() == "zombie"
+    kept.wait()
+    assert record.status() == "gone"
+    # Dropped after its child exited: Popen.__del__ reaps it, and the record
+    # knows without asking the kernel.
+    done = subprocess.Popen(["true"])
+    record = registry.by_pid(done.pid)
+    assert record is not None
+    wait_until_zombie(done.pid)
+    with pytest.warns(ResourceWarning):
+        del done
+    assert record.holder is not None
+    assert record.holder() is None
+    assert record.status() == "gone"

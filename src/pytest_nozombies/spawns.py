@@ -131,9 +131,14 @@ class SpawnRecord:
 
     def status(self) -> processes.ChildStatus:
         """``running``, ``zombie`` or ``gone``: this child, not its pid's."""
-        holder = self.holder() if self.holder is not None else None
-        if getattr(holder, "returncode", None) is not None:
-            return "gone"  # its Popen reaped it: no system call needed
+        if self.holder is not None:
+            holder = self.holder()
+            # A Popen with a returncode has reaped its child. A Popen that is
+            # gone was freed after reaping it: one whose child still runs
+            # keeps itself alive in subprocess._active (checked on CPython
+            # 3.10 to 3.13). Either way no system call is needed.
+            if holder is None or getattr(holder, "returncode", None) is not None:
+                return "gone"
         if self.handle is not None:
             return processes.handle_status(self.handle)
         status = processes.child_status(self.pid)
