@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _posixsubprocess  # type: ignore[import-not-found,unused-ignore]
+import gc
 import multiprocessing
 import os
 import pty
@@ -268,34 +269,52 @@ def test_lines_are_worked_out_later_exactly_as_f_lineno_gives_them() -> None:
     assert resolved == expected[: len(resolved)]
 
 
-def test_a_dropped_popen_tells_whether_its_child_was_reaped(
+def test_a_popen_with_a_returncode_says_its_child_was_reaped(
     registry: spawns.SpawnRegistry,
 ) -> None:
-    # Dropped while its child runs: CPython keeps the Popen in
-    # subprocess._active, so the child is still followed (through its pidfd).
-    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    pid = running.pid
+    proc = subprocess.Popen(["true"])
+    record = registry.by_pid(proc.pid)
+    assert record is not None
+    wait_until_zombie(proc.pid)
+    assert record.status() == "zombie"
+    proc.wait()
+    assert record.holder is not None
+    assert record.holder() is proc
+    assert record.status() == "gone"
+
+
+class _Server:
+    """Holds its Popen in a reference cycle, as callbacks often do."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)"]
+        )
+        self.on_stop = self.stop
+
+    def stop(self) -> None:
+        self.proc.kill()
+
+
+def test_a_popen_freed_by_the_cycle_collector_still_follows_a_running_child(
+    registry: spawns.SpawnRegistry,
+) -> None:
+    # The cycle collector clears weak references before Popen.__del__ parks a
+    # Popen whose child still runs in subprocess._active: a dead reference
+    # must not be taken to mean that the child was reaped.
+    server = _Server()
+    pid = server.proc.pid
     record = registry.by_pid(pid)
     assert record is not None
+    del server
     with pytest.warns(ResourceWarning):
-        del running
+        gc.collect()
     assert record.holder is not None
-    assert record.holder() is not None
+    assert record.holder() is None
     assert record.status() == "running"
     [kept] = [p for p in subprocess._active if p.pid == pid]  # type: ignore[attr-defined]
     kept.kill()
     wait_until_zombie(pid)
     assert record.status() == "zombie"
     kept.wait()
-    assert record.status() == "gone"
-    # Dropped after its child exited: Popen.__del__ reaps it, and the record
-    # knows without asking the kernel.
-    done = subprocess.Popen(["true"])
-    record = registry.by_pid(done.pid)
-    assert record is not None
-    wait_until_zombie(done.pid)
-    with pytest.warns(ResourceWarning):
-        del done
-    assert record.holder is not None
-    assert record.holder() is None
     assert record.status() == "gone"

@@ -133,11 +133,11 @@ class SpawnRecord:
         """``running``, ``zombie`` or ``gone``: this child, not its pid's."""
         if self.holder is not None:
             holder = self.holder()
-            # A Popen with a returncode has reaped its child. A Popen that is
-            # gone was freed after reaping it: one whose child still runs
-            # keeps itself alive in subprocess._active (checked on CPython
-            # 3.10 to 3.13). Either way no system call is needed.
-            if holder is None or getattr(holder, "returncode", None) is not None:
+            # A Popen with a returncode has reaped its child: no system call
+            # needed. A Popen that is gone proves nothing: the cycle collector
+            # clears weak references before Popen.__del__ parks one whose
+            # child still runs in subprocess._active.
+            if holder is not None and getattr(holder, "returncode", None) is not None:
                 return "gone"
         if self.handle is not None:
             return processes.handle_status(self.handle)
@@ -173,7 +173,8 @@ class SpawnRegistry:
 
     def __init__(self) -> None:
         #: The test now running, as the caller sets it around each test. Kept
-        #: as plain fields: an ``Owner`` is only built when a child is spawned.
+        #: as plain fields: an ``Owner`` is only built when a child is spawned
+        #: or a fixture set up.
         self.test: str | None = None
         self.phase = ""
         self.test_allowed = False
