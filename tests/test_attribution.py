@@ -405,3 +405,45 @@ def test_reused_pid_is_not_confused_with_an_earlier_child(
     )
     assert "late" not in stdout
     assert "sys.stdin.read()', exited" not in stdout
+
+
+def test_a_child_spawned_while_its_test_is_judged_is_still_that_tests(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    # test_a leaves child A running and a thread that, once test_a has ended,
+    # spawns child B and only then lets A exit. The plugin is then waiting
+    # out the grace period for A: B is spawned while test_a is being judged,
+    # and test_a must answer for it.
+    pytester.makepyfile(
+        """
+        import subprocess, sys, threading, time
+
+        kept = []
+
+        def spawn_then_release(a):
+            time.sleep(0.3)
+            kept.append(subprocess.Popen(["true"]))
+            a.stdin.close()
+
+        def test_a():
+            a = subprocess.Popen(
+                [sys.executable, "-c", "import sys; sys.stdin.read()"],
+                stdin=subprocess.PIPE,
+            )
+            kept.append(a)
+            threading.Thread(target=spawn_then_release, args=(a,)).start()
+
+        def test_b():
+            pass
+        """
+    )
+    result = run_inner("--nozombies-grace=30")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= nozombies: 2 zombie leaks =*",
+            "*::test_a (call): pid * exited with code 0, spawned at *.py:11",
+            "*::test_a (teardown): pid * true, exited with code 0, spawned at *.py:7 *",
+        ],
+        consecutive=False,
+    )

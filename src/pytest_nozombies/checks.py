@@ -128,14 +128,11 @@ class TestChecks:
         except Exception as exc:  # never let a bug of ours crash the run
             self.disable(exc)
             verdict = NOTHING
-        if verdict is not NOTHING:
-            own = [leak for leak in verdict.leaks if not leak.owner.allowed]
-            self.keep(own, failing="test")
-            self.keep([leak for leak in verdict.late if not leak.owner.allowed], "run")
-        else:
-            own = []
-        if self.run_results.pending:  # this test's leaks, or a wider fixture's
-            self.carrier.attach_to_next_teardown(self.config)
+        if verdict is NOTHING:
+            return []
+        own = [leak for leak in verdict.leaks if not leak.owner.allowed]
+        self.keep(own, failing="test")
+        self.keep([leak for leak in verdict.late if not leak.owner.allowed], "run")
         return own
 
     def keep(self, leaks: list[Leak], failing: str) -> None:
@@ -157,6 +154,9 @@ class TestChecks:
         self.run_results.pending.extend(
             leak_record(leak, root, verdict) for leak in leaks
         )
+        # Found during a teardown (a test's, or a fixture's finalization):
+        # the records ride on that teardown's report.
+        self.carrier.attach_to_next_teardown(self.config)
 
     def _message(self, leaks: list[Leak]) -> str:
         from .reporting import format_test_leaks

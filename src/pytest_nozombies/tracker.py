@@ -160,20 +160,24 @@ class Tracker:
         """
         registry = self.registry
         nodeid = registry.test
-        registry.test = None
         if registry.fixture_owners:
             registry.fixture_owners.clear()
         if nodeid is None:
             return NOTHING
-        if not self.adopt_orphans and registry.forget_collected(nodeid):
-            # Nothing spawned, or all of it waited for: one system call
-            # tells whether any other child is a zombie.
-            now = processes.children_now()
-            if now != "exited":
-                self._childless = now == "none"
-                return NOTHING
-        current = Owner(nodeid, "teardown", allowed=registry.test_allowed)
-        return self.judge_scope(nodeid, current, self._baseline)
+        try:
+            if not self.adopt_orphans and registry.forget_collected(nodeid):
+                # Nothing spawned, or all of it waited for: one system call
+                # tells whether any other child is a zombie.
+                now = processes.children_now()
+                if now != "exited":
+                    self._childless = now == "none"
+                    return NOTHING
+            current = Owner(nodeid, "teardown", allowed=registry.test_allowed)
+            return self.judge_scope(nodeid, current, self._baseline)
+        finally:
+            # Only now: a thread the test left running may spawn while the
+            # grace period is waited out, and the test answers for that child.
+            registry.test = None
 
     def judge_scope(
         self,
