@@ -532,9 +532,24 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], list[str]]:
     wanted = set(args.scenarios)
     n = args.tests
-    ratio_target = f"ratio ≤ {RATIO_TARGET}"
+
     results: list[Result] = []
     notes: list[str] = []
+
+    def ratio_scenario(name: str, suite: Path, load: str) -> Result:
+        """Plugin on against off, judged by the issue's ratio target."""
+        result = plugin_on_off(
+            name,
+            suite,
+            n,
+            load,
+            args.pairs,
+            f"ratio ≤ {RATIO_TARGET}",
+            args.shared_pairs,
+        )
+        result.met = result.ratio <= RATIO_TARGET
+        results.append(result)
+        return result
 
     trivial = write_suite(workdir / "trivial", n, trivial_body)
     reference = None
@@ -568,32 +583,12 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], list[str
 
     memory_small: Result | None = None
     if "trivial" in wanted:
-        memory_small = plugin_on_off(
-            "trivial tests",
-            trivial,
-            n,
-            "idle",
-            args.pairs,
-            ratio_target,
-            args.shared_pairs,
-        )
-        memory_small.met = memory_small.ratio <= RATIO_TARGET
-        results.append(memory_small)
+        memory_small = ratio_scenario("trivial tests", trivial, "idle")
     if "spawn" in wanted:
         spawn = write_suite(
             workdir / "spawn", n, spawn_body, header="import subprocess\n\n\n"
         )
-        result = plugin_on_off(
-            "spawn and wait per test",
-            spawn,
-            n,
-            "idle",
-            args.pairs,
-            ratio_target,
-            args.shared_pairs,
-        )
-        result.met = result.ratio <= RATIO_TARGET
-        results.append(result)
+        ratio_scenario("spawn and wait per test", spawn, "idle")
     if "psutil" in wanted:
         psutil_reference("idle")
     if "memory" in wanted:
@@ -634,17 +629,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], list[str
                 f"of pytest); {count_processes():,} processes on the machine."
             )
             if "loaded" in wanted:
-                result = plugin_on_off(
-                    "trivial tests",
-                    trivial,
-                    n,
-                    load,
-                    args.pairs,
-                    ratio_target,
-                    args.shared_pairs,
-                )
-                result.met = result.ratio <= RATIO_TARGET
-                results.append(result)
+                ratio_scenario("trivial tests", trivial, load)
             if "psutil" in wanted:
                 psutil_reference(load)
     return results, notes
