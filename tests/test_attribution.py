@@ -410,27 +410,32 @@ def test_reused_pid_is_not_confused_with_an_earlier_child(
 def test_a_child_spawned_while_its_test_is_judged_is_still_that_tests(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:
-    # test_a leaves child A running and a thread that, once test_a has ended,
-    # spawns child B and only then lets A exit. The plugin is then waiting
-    # out the grace period for A: B is spawned while test_a is being judged,
-    # and test_a must answer for it.
+    # test_a leaves child A running and a thread that, once test_a's teardown
+    # has begun (its finalizer says so), spawns child B and only then lets A
+    # exit: B is spawned in test_a's teardown, and test_a must answer for it.
+    # The short sleep makes it nearly always land while the plugin waits out
+    # the grace period for A, the case this guards; the verdict is the same
+    # either way.
     pytester.makepyfile(
         """
         import subprocess, sys, threading, time
 
         kept = []
+        teardown_started = threading.Event()
 
         def spawn_then_release(a):
-            time.sleep(0.3)
+            assert teardown_started.wait(timeout=30)
+            time.sleep(0.2)
             kept.append(subprocess.Popen(["true"]))
             a.stdin.close()
 
-        def test_a():
+        def test_a(request):
             a = subprocess.Popen(
                 [sys.executable, "-c", "import sys; sys.stdin.read()"],
                 stdin=subprocess.PIPE,
             )
             kept.append(a)
+            request.addfinalizer(teardown_started.set)
             threading.Thread(target=spawn_then_release, args=(a,)).start()
 
         def test_b():
@@ -442,8 +447,8 @@ def test_a_child_spawned_while_its_test_is_judged_is_still_that_tests(
     result.stdout.fnmatch_lines(
         [
             "*= nozombies: 2 zombie leaks =*",
-            "*::test_a (call): pid * exited with code 0, spawned at *.py:11",
-            "*::test_a (teardown): pid * true, exited with code 0, spawned at *.py:7 *",
+            "*::test_a (call): pid * exited with code 0, spawned at *.py:13",
+            "*::test_a (teardown): pid * true, exited with code 0, spawned at *.py:9 *",
         ],
         consecutive=False,
     )

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -66,6 +67,18 @@ def test_shell_popen_records_the_real_argv(registry: spawns.SpawnRegistry) -> No
         record = registry.by_pid(proc.pid)
         assert record is not None
         assert record.argv == ("/bin/sh", "-c", "exit 0")
+
+
+def test_bytes_and_path_arguments_are_recorded_as_text(
+    registry: spawns.SpawnRegistry, tmp_path: Path
+) -> None:
+    script = tmp_path / "exit zero.sh"
+    script.write_text("exit 0\n")
+    with subprocess.Popen([b"sh", script]) as proc:
+        record = registry.by_pid(proc.pid)
+        assert record is not None
+        assert record.argv == ("sh", str(script))
+    assert proc.returncode == 0
 
 
 def test_fork_is_recorded_and_returns_the_pid(registry: spawns.SpawnRegistry) -> None:
