@@ -331,3 +331,58 @@ def test_a_popen_freed_by_the_cycle_collector_still_follows_a_running_child(
     assert record.status() == "zombie"
     kept.wait()
     assert record.status() == "gone"
+
+
+def pinned(record: spawns.SpawnRecord) -> bool:
+    return record.handle is not None or record.start_time is not None
+
+
+def test_a_popen_child_is_pinned_only_when_asked_about_unreaped(
+    registry: spawns.SpawnRegistry,
+) -> None:
+    # No pidfd at spawn for a Popen's child: the Popen says when it is gone.
+    proc = subprocess.Popen(["sh", "-c", "exit 4"])
+    record = registry.by_pid(proc.pid)
+    assert record is not None
+    assert record.handle is None
+    assert record.start_time is None
+    wait_until_zombie(proc.pid)
+    assert record.status() == "zombie"  # asked while unreaped: now pinned
+    assert pinned(record)
+    assert proc.wait() == 4  # the plugin's look reaped nothing
+
+
+def test_a_child_reaped_by_its_popen_is_gone_without_any_look(
+    registry: spawns.SpawnRegistry,
+) -> None:
+    subprocess.run(["true"], check=True)  # its Popen is freed at once
+    [record] = [r for r in registry.all_records() if r.argv == ("true",)]
+    assert record.holder is not None
+    assert record.holder() is None
+    assert record.status() == "gone"
+    assert not pinned(record)
+
+
+class _PopenWithOwnFinalizer(subprocess.Popen):  # type: ignore[type-arg]
+    def __del__(self) -> None:  # does not park itself in subprocess._active
+        pass
+
+
+def test_a_popen_without_subprocess_finalizer_is_pinned_at_spawn(
+    registry: spawns.SpawnRegistry,
+) -> None:
+    with _PopenWithOwnFinalizer(["true"]) as proc:
+        record = registry.by_pid(proc.pid)
+        assert record is not None
+        assert not record.holder_parks
+        assert pinned(record)
+
+
+def test_a_popen_whose_exec_fails_leaves_no_record(
+    registry: spawns.SpawnRegistry, tmp_path: Path
+) -> None:
+    program = str(tmp_path / "no-such-program")
+    with pytest.raises(FileNotFoundError):
+        subprocess.Popen([program])
+    # Popen reaped the child that could not exec; nothing is left to judge.
+    assert [r for r in registry.all_records() if r.argv == (program,)] == []

@@ -78,7 +78,8 @@ class SpawnRecord:
 
     The child is pinned down by a pidfd (``handle``) where the platform has
     them: one system call at spawn, and from then on its status is exact even
-    if its pid is reused. Elsewhere its start time tells it apart.
+    if its pid is reused. Elsewhere its start time tells it apart. A Popen's
+    child is pinned only if it is still unreaped when asked about (``pin``).
     """
 
     __slots__ = (
@@ -87,6 +88,7 @@ class SpawnRecord:
         "exempt",
         "handle",
         "holder",
+        "holder_parks",
         "how",
         "left_running",
         "owner",
@@ -119,6 +121,9 @@ class SpawnRecord:
         #: Why this child is never a leak: a stdlib helper, or nozombies_ignore.
         self.exempt = exempt
         self.holder: weakref.ref[Any] | None = None
+        #: The holder is a Popen with subprocess's own finalizer: dropped
+        #: before it reaped its child, it parks itself in ``subprocess._active``.
+        self.holder_parks = False
         #: Set once the owner's scope ended with the child still running.
         self.left_running = False
 
@@ -134,11 +139,16 @@ class SpawnRecord:
         if self.holder is not None:
             holder = self.holder()
             # A Popen with a returncode has reaped its child: no system call
-            # needed. A Popen that is gone proves nothing: the cycle collector
-            # clears weak references before Popen.__del__ parks one whose
-            # child still runs in subprocess._active.
-            if holder is not None and getattr(holder, "returncode", None) is not None:
+            # needed. A Popen that is gone has either reaped its child or been
+            # parked in subprocess._active by its finalizer (the cycle
+            # collector clears weak references before that finalizer runs).
+            if holder is not None:
+                if getattr(holder, "returncode", None) is not None:
+                    return "gone"
+            elif self.holder_parks and not _parked(self.pid):
                 return "gone"
+        if self.handle is None and self.start_time is None:
+            self.pin()
         if self.handle is not None:
             return processes.handle_status(self.handle)
         status = processes.child_status(self.pid)
@@ -148,9 +158,24 @@ class SpawnRecord:
                 return "gone"  # its pid now names a process we did not record
         return status
 
+    def pin(self) -> None:
+        """Pin down a child recorded without a pidfd or start time.
+
+        Only a Popen's children are recorded so (see ``note_popen``), and only
+        while their Popen has not reaped them is this asked: their pid is
+        still theirs, unless other code reaped them behind their Popen's back.
+        """
+        self.handle = processes.open_handle(self.pid)
+        if self.handle is None:
+            identity = processes.identify(self.pid)
+            self.start_time = identity.start_time if identity is not None else -1.0
+
     def matches(self, identity: processes.ChildIdentity) -> bool:
         """Whether ``identity`` is this child (and not a later one with its pid)."""
         if identity.pid != self.pid:
+            return False
+        unpinned = self.handle is None and self.start_time is None
+        if unpinned and self.status() == "gone":
             return False
         if self.handle is not None:
             # The pid is ours while our child is not reaped: then it is ours.
@@ -302,11 +327,32 @@ class SpawnRegistry:
                 return "nozombies_ignore"
         return None
 
-    def note_holder(self, pid: int, how: str, holder: object) -> None:
-        record = self._records.get(pid)
-        if record is not None:
-            record.how = how
-            record.holder = weakref.ref(holder)
+    def note_popen(self, popen: subprocess.Popen[Any], args: Any, depth: int) -> None:
+        """Record the child a Popen just started, held by that Popen.
+
+        No pidfd is opened (it costs two system calls, a tenth of the whole
+        bookkeeping): a Popen with subprocess's own finalizer reaps its child
+        or parks itself until it has, so whether the child is gone can be read
+        from the Popen and ``subprocess._active``. Only a child still unreaped
+        when its scope is judged is pinned down (``SpawnRecord.pin``).
+        """
+        argv = _as_argv(args)
+        exempt = self._exemption(argv)
+        record = SpawnRecord(
+            popen.pid,
+            None,
+            argv,
+            "subprocess.Popen",
+            (),
+            None if exempt else self.current_owner(),
+            exempt,
+            raw_stack=capture_stack(depth + 1, self.stack_stop),
+        )
+        record.holder = weakref.ref(popen)
+        record.holder_parks = type(popen).__del__ is _POPEN_DEL
+        if not record.holder_parks:
+            record.pin()  # its finalizer may drop it unreaped: pin it now
+        self.add(record)
 
 
 def capture_stack(depth: int, stop: tuple[str, ...] = ()) -> tuple[RawFrame, ...]:
@@ -346,6 +392,12 @@ def _line_of(code: CodeType, lasti: int) -> int:
     return code.co_firstlineno
 
 
+def _parked(pid: int) -> bool:
+    """Whether a dropped Popen of child ``pid`` waits in ``subprocess._active``."""
+    active = getattr(subprocess, "_active", None) or ()
+    return any(getattr(popen, "pid", None) == pid for popen in active)
+
+
 def _as_argv(args: Any) -> tuple[str, ...] | None:
     if args is None:
         return None
@@ -364,6 +416,12 @@ def _as_argv(args: Any) -> tuple[str, ...] | None:
 
 
 # --- the wrappers ---------------------------------------------------------------
+
+#: Popen.__del__ as subprocess defines it (see ``SpawnRecord.holder_parks``).
+_POPEN_DEL = subprocess.Popen.__del__
+#: Set on a thread while it runs Popen._execute_child: the Popen wrapper
+#: records the child, so the lower-level wrappers leave it alone.
+_in_popen = threading.local()
 
 #: The registry the wrappers report to: the newest of ``_registries``.
 _registry: SpawnRegistry | None = None
@@ -460,7 +518,9 @@ def _wrap_posix_spawn(original: Callable[..., int], name: str) -> Callable[..., 
     @functools.wraps(original)
     def posix_spawn(path: Any, argv: Any, *args: Any, **kwargs: Any) -> int:
         pid = original(path, argv, *args, **kwargs)
-        if _registry is not None:
+        if getattr(_in_popen, "active", False):
+            _in_popen.argv = argv  # the Popen wrapper records it
+        elif _registry is not None:
             _registry.note_spawn(pid, _as_argv(argv), f"os.{name}", 1)
         return pid
 
@@ -472,7 +532,9 @@ def _wrap_fork_exec(original: Callable[..., int], name: str) -> Callable[..., in
     @functools.wraps(original)
     def fork_exec(args: Any, *rest: Any, **kwargs: Any) -> int:
         pid = original(args, *rest, **kwargs)
-        if _registry is not None:
+        if getattr(_in_popen, "active", False):
+            _in_popen.argv = args  # the Popen wrapper records it
+        elif _registry is not None:
             _registry.note_spawn(pid, _as_argv(args), "fork_exec", 1)
         return pid
 
@@ -484,12 +546,25 @@ def _wrap_execute_child(
 ) -> Callable[..., None]:
     @functools.wraps(original)
     def _execute_child(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
         if _registry is None:
-            return
-        if _registry.by_pid(self.pid) is None:
-            _registry.note_spawn(self.pid, _as_argv(self.args), "subprocess.Popen", 1)
-        _registry.note_holder(self.pid, "subprocess.Popen", self)
+            return original(self, *args, **kwargs)
+        _in_popen.active = True
+        _in_popen.argv = None
+        try:
+            original(self, *args, **kwargs)
+        finally:
+            _in_popen.active = False
+            # Also when it raised after the fork; not when it reaped the
+            # child itself (exec failed) and so set its returncode.
+            if (
+                _registry is not None
+                and getattr(self, "_child_created", False)
+                and self.returncode is None
+            ):
+                # The argv as executed (a shell's, with shell=True).
+                argv = _in_popen.argv
+                _registry.note_popen(self, self.args if argv is None else argv, 1)
+        return None
 
     return _execute_child
 
