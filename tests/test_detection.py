@@ -695,6 +695,37 @@ def test_wrong_marker_arguments_are_a_usage_error(
     result.stdout.no_fnmatch_line("*passed*")
 
 
+@pytest.mark.parametrize(
+    "deselect", [("-k", "not marked"), ("-m", "not slow")], ids=["-k", "-m"]
+)
+def test_a_wrong_marker_on_a_deselected_test_is_still_a_usage_error(
+    pytester: pytest.Pytester, run_inner: RunInner, deselect: tuple[str, str]
+) -> None:
+    write_inner(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.slow
+        @pytest.mark.allow_zombies(foo=1)
+        def test_marked():
+            pass
+
+        def test_other():
+            pass
+        """,
+    )
+    pytester.makeini("[pytest]\nmarkers = slow: a slow test\n")
+    result = run_inner(*deselect)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: pytest-nozombies: @pytest.mark.allow_zombies on "
+            "test_x.py::test_marked*"
+        ]
+    )
+
+
 # --- modes --------------------------------------------------------------------
 
 MODE_LEAK = """

@@ -2,7 +2,7 @@
 
 * ``pytest_configure`` resolves the settings, starts recording spawns and,
   when there is anything to check, registers the per-test checks (checks.py).
-* Markers are validated as items are collected (markers.py).
+* Markers are validated once collection is done (markers.py).
 * At the session's end: children that died after the last check, running
   leftovers, the exit code, the JSON report (results.py) and the terminal
   summary (reporting.py).
@@ -147,10 +147,16 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"nozombies: {resolved.describe()}, children read from {source}"]
 
 
-def pytest_itemcollected(item: pytest.Item) -> None:
-    # Every collected item, deselected or not, in every mode: a typo never
-    # hides. Which tests are allowed is decided here once, not at each run.
-    item.config.stash[allowed_key].check(item)
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    # Every collected item in every mode, before -k, -m or --lf deselect any:
+    # a typo never hides. Which tests are allowed is decided here once, not at
+    # each run; one call for all items rather than a hook call per item.
+    check = config.stash[allowed_key].check
+    for item in items:
+        check(item)
 
 
 # --- the end of the session -------------------------------------------------------
