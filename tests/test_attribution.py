@@ -105,6 +105,90 @@ def test_module_fixture_leak_is_reported_against_the_fixture(
     )
 
 
+def test_each_phase_is_named_for_children_of_tests_and_fixtures(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    # No hook marks the call phase: pytest's own PYTEST_CURRENT_TEST tells it
+    # when a child is spawned. A fixture first requested in the test body is
+    # set up during the call phase, and says so.
+    pytester.makepyfile(
+        test_phases="""
+        import subprocess
+        import pytest
+
+        KEPT = []
+
+        def spawn(code):
+            KEPT.append(subprocess.Popen(["sh", "-c", f"exit {code}"]))
+
+        @pytest.fixture
+        def early():
+            spawn(11)
+
+        @pytest.fixture
+        def late():
+            spawn(12)
+
+        def test_phases(early, request):
+            spawn(13)
+            request.getfixturevalue("late")
+        """
+    )
+    result = run_inner("-p", "no:randomly")
+    result.assert_outcomes(passed=1, errors=1)
+    nodeid = "test_phases.py::test_phases"
+    result.stdout.fnmatch_lines_random(
+        [
+            f"*fixture 'early' (function scope, setup of {nodeid}): pid * "
+            "sh -c 'exit 11'*",
+            f"*{nodeid} (call): pid * sh -c 'exit 13'*",
+            f"*fixture 'late' (function scope, call of {nodeid}): pid * "
+            "sh -c 'exit 12'*",
+        ]
+    )
+
+
+def test_a_test_that_clears_the_environment_is_still_blamed(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    pytester.makepyfile(
+        test_env="""
+        import os
+        import subprocess
+
+        def test_clears(monkeypatch):
+            monkeypatch.delenv("PYTEST_CURRENT_TEST")
+            test_clears.proc = subprocess.Popen(["sh", "-c", "exit 14"])
+        """
+    )
+    result = run_inner()
+    result.assert_outcomes(passed=1, errors=1)
+    # Without pytest's word on the phase, the one the hooks know is named.
+    result.stdout.fnmatch_lines(
+        ["*test_env.py::test_clears (setup): pid * sh -c 'exit 14'*"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "phase"),
+    [
+        ("test_x.py::test_a (call)", "call"),
+        ("test_x.py::test_a[x (y)] (setup)", "setup"),
+        ("test_x.py::test_a (teardown)", "teardown"),
+        ("test_x.py::test_a (later)", None),
+        ("test_x.py::test_a", None),
+        ("", None),
+    ],
+)
+def test_the_phase_is_read_from_pytest_current_test(
+    monkeypatch: pytest.MonkeyPatch, value: str, phase: str | None
+) -> None:
+    from pytest_nozombies.checks import pytest_phase
+
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", value)
+    assert pytest_phase() == phase
+
+
 def test_module_fixture_teardown_leak_is_reported_against_the_fixture(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:

@@ -70,9 +70,9 @@ class TestChecks:
         self._fixture_teardowns: dict[int, Owner] = {}
 
     # --- the test protocol ----------------------------------------------------
-    # Plain tryfirst hooks mark where a phase starts (a wrapper costs a
-    # generator per call); only the teardown, after which the test is judged,
-    # needs a wrapper.
+    # Two hooks per test: a plain tryfirst one where the test starts (a wrapper
+    # costs a generator per call), and a wrapper around its teardown, after
+    # which it is judged. The call phase needs none (see ``pytest_phase``).
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -92,10 +92,6 @@ class TestChecks:
             self.disable(exc)
             return
         self._test_item = item
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> None:
-        self.tracker.enter_phase("call")
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_teardown(
@@ -307,6 +303,20 @@ class TestChecks:
         self.config.pluginmanager.unregister(self)
         spawns.uninstall(self.tracker.registry)
         warnings.warn(disabled_warning(exc), stacklevel=1)
+
+
+def pytest_phase() -> str | None:
+    """The phase of the running test, as pytest itself announces it.
+
+    pytest sets ``PYTEST_CURRENT_TEST`` to ``"<nodeid> (<phase>)"`` as each
+    phase starts. It is read only when a child is spawned, so that no hook
+    has to run at the start of every test's call phase. ``None`` if a test
+    removed or changed the variable: the owner then keeps the phase known
+    from the hooks ("setup" until the teardown starts).
+    """
+    value = os.environ.get("PYTEST_CURRENT_TEST", "")
+    phase = value[value.rfind(" (") + 2 : -1] if value.endswith(")") else ""
+    return phase if phase in ("setup", "call", "teardown") else None
 
 
 def disabled_warning(exc: Exception) -> pytest.PytestWarning:

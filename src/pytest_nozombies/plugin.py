@@ -68,12 +68,13 @@ def _start_checks(
     *,
     count_carried: bool,
 ) -> None:
-    from .checks import TestChecks, disabled_warning
+    from .checks import TestChecks, disabled_warning, pytest_phase
     from .tracker import Tracker
 
     registry = spawns.SpawnRegistry()
     registry.ignore = resolved.ignore
     registry.stack_stop = _runner_folders()
+    registry.phase_now = pytest_phase
     config.add_cleanup(lambda: spawns.uninstall(registry))
     try:
         spawns.install(registry)

@@ -33,7 +33,7 @@ except ImportError:  # Windows: nothing spawns zombies, nothing is installed
     _posixsubprocess = None  # type: ignore[assignment]
 
 # Long-lived helpers the standard library starts on purpose; never leaks.
-_STDLIB_HELPER = re.compile(r"multiprocessing\.(?:resource_tracker|forkserver)")
+_STDLIB_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 _MAX_STACK = 64
 
 
@@ -201,8 +201,14 @@ class SpawnRegistry:
         #: as plain fields: an ``Owner`` is only built when a child is spawned
         #: or a fixture set up.
         self.test: str | None = None
+        #: "setup" from the test's start until its teardown begins, then
+        #: "teardown": the call phase is told apart only when a child is
+        #: spawned, by ``phase_now``, which saves a hook call on every test.
         self.phase = ""
         self.test_allowed = False
+        #: Says which phase of the running test this is ("setup", "call" or
+        #: "teardown"), or None if it cannot tell.
+        self.phase_now: Callable[[], str | None] = _no_phase
         #: Owners of fixtures now setting up or tearing down, innermost last.
         self.fixture_owners: list[Owner] = []
         #: Command lines matching one of these are never leaks.
@@ -220,6 +226,21 @@ class SpawnRegistry:
         if self.test is None:
             return None
         return Owner(self.test, self.phase, allowed=self.test_allowed)
+
+    def spawn_owner(self) -> Owner | None:
+        """What answers for a child spawned now, its phase told exactly."""
+        if self.fixture_owners:
+            fixture = self.fixture_owners[-1]
+            if fixture.phase != "setup":
+                return fixture
+            phase = self.phase_now() or "setup"
+            return fixture if phase == "setup" else fixture._replace(phase=phase)
+        if self.test is None:
+            return None
+        phase = self.phase
+        if phase == "setup":
+            phase = self.phase_now() or phase
+        return Owner(self.test, phase, allowed=self.test_allowed)
 
     def get(self, identity: processes.ChildIdentity) -> SpawnRecord | None:
         record = self._records.get(identity.pid)
@@ -309,7 +330,7 @@ class SpawnRegistry:
                 how,
                 (),
                 # An exempt child has no owner, so no scope ever judges it.
-                None if exempt else self.current_owner(),
+                None if exempt else self.spawn_owner(),
                 exempt,
                 handle,
                 raw_stack=capture_stack(depth + 1, self.stack_stop),
@@ -319,7 +340,8 @@ class SpawnRegistry:
     def _exemption(self, argv: tuple[str, ...] | None) -> str | None:
         if argv is None:
             return None
-        if _STDLIB_HELPER.search("\0".join(argv)):
+        command = "\0".join(argv)
+        if any(helper in command for helper in _STDLIB_HELPERS):
             return "standard library helper"
         if self.ignore:
             command = shlex.join(argv)
@@ -344,7 +366,7 @@ class SpawnRegistry:
             argv,
             "subprocess.Popen",
             (),
-            None if exempt else self.current_owner(),
+            None if exempt else self.spawn_owner(),
             exempt,
             raw_stack=capture_stack(depth + 1, self.stack_stop),
         )
@@ -390,6 +412,10 @@ def _line_of(code: CodeType, lasti: int) -> int:
         if start <= lasti < end:
             return line if line is not None else code.co_firstlineno
     return code.co_firstlineno
+
+
+def _no_phase() -> str | None:
+    return None
 
 
 def _parked(pid: int) -> bool:
