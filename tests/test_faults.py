@@ -254,3 +254,17 @@ def test_never_runs():
     document = json.loads((pytester.path / "r.json").read_text())
     assert len(document["leaks"]) == 2
     assert document["run"]["exit_status"] == pytest.ExitCode.INTERRUPTED
+
+
+def test_a_forked_copy_knows_it_is_not_the_sessions_process() -> None:
+    from pytest_nozombies.spawns import SpawnRegistry
+    from pytest_nozombies.tracker import Tracker
+
+    tracker = Tracker(SpawnRegistry(), grace=0)
+    assert tracker.in_session_process()
+    pid = os.fork()
+    if pid == 0:  # the child: told by the fork callback, then by its pid
+        os._exit(0 if not tracker.in_session_process() else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert tracker.in_session_process()

@@ -77,11 +77,7 @@ class TestChecks:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         tracker = self.tracker
-        # os.getpid(), not an os.register_at_fork counter, though that would
-        # be cheaper: it would run Python code in every child a test forks,
-        # and a child forked from a multi-threaded test can deadlock on any
-        # lock it touches.
-        if os.getpid() != tracker.pid and not self._move_to_forked_copy(item):
+        if not tracker.in_session_process() and not self._move_to_forked_copy(item):
             # A test forked and its child returned into pytest: the session
             # belongs to the original process, which judges everything.
             return
@@ -97,7 +93,7 @@ class TestChecks:
     def pytest_runtest_teardown(
         self, item: pytest.Item
     ) -> Generator[None, object, object]:
-        if item is not self._test_item or os.getpid() != self.tracker.pid:
+        if item is not self._test_item or not self.tracker.in_session_process():
             # Our setup hook did not run for it (an earlier setup hook failed),
             # or a test forked and its child returned into pytest.
             return (yield)
@@ -212,7 +208,7 @@ class TestChecks:
     ) -> Generator[None, object, object]:
         tracker = self.tracker
         current = tracker.current_owner()
-        if current is None or os.getpid() != tracker.pid:
+        if current is None or not tracker.in_session_process():
             return (yield)
         owner = Owner(
             current.nodeid,
@@ -253,7 +249,7 @@ class TestChecks:
         if teardown is not None:
             tracker.pop_owner(teardown)
         owner = self._wide_fixtures.pop(id(fixturedef), None)
-        if owner is None or os.getpid() != tracker.pid:
+        if owner is None or not tracker.in_session_process():
             return
         verdict: Verdict | None = self.guarded(
             tracker.judge_scope, owner.scope_key, owner, None

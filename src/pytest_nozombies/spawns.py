@@ -263,7 +263,8 @@ class SpawnRegistry:
         with self._lock:
             # A pid is only reused after its earlier child was reaped, so the
             # new record simply replaces the stale one.
-            self._discard_locked(record.pid)
+            if record.pid in self._records:
+                self._discard_locked(record.pid)
             self._records[record.pid] = record
             if record.owner is not None:
                 scope = self._by_scope.setdefault(record.owner.scope_key, {})
@@ -300,14 +301,17 @@ class SpawnRegistry:
 
     def _discard_locked(self, pid: int) -> None:
         old = self._records.pop(pid, None)
-        if old is not None:
+        if old is None:
+            return
+        if old.handle is not None:
             old.close()
-        if old is not None and old.owner is not None:
-            scope = self._by_scope.get(old.owner.scope_key)
+        if old.owner is not None:
+            key = old.owner.scope_key
+            scope = self._by_scope.get(key)
             if scope is not None:
                 scope.pop(pid, None)
                 if not scope:
-                    del self._by_scope[old.owner.scope_key]
+                    del self._by_scope[key]
 
     # --- called from the wrappers ------------------------------------------
 
@@ -420,7 +424,9 @@ def _no_phase() -> str | None:
 
 def _parked(pid: int) -> bool:
     """Whether a dropped Popen of child ``pid`` waits in ``subprocess._active``."""
-    active = getattr(subprocess, "_active", None) or ()
+    active = getattr(subprocess, "_active", None)
+    if not active:
+        return False  # nearly always: no Popen was dropped unreaped
     return any(getattr(popen, "pid", None) == pid for popen in active)
 
 

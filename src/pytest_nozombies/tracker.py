@@ -19,12 +19,23 @@ No pytest here: owners are plain values.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Hashable
 from typing import NamedTuple
 
 from . import processes
 from .spawns import Frame, Owner, SpawnRecord, SpawnRegistry
+
+#: One entry per fork, appended in each child as it starts: the session's
+#: process, which nearly never forks itself, knows it is itself without a
+#: system call per hook. The callback is C code (list.append) and runs only
+#: in children that run Python code anyway (os.fork's, a preexec_fn's), never
+#: in subprocess's plain fork-and-exec children; it touches no lock, so a child
+#: forked from a threaded test cannot hang on it.
+_forks: list[None] = []
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=functools.partial(_forks.append, None))
 
 
 class Leak(NamedTuple):
@@ -73,6 +84,7 @@ class Tracker:
         self.adopt_orphans = adopt_orphans
         #: The process the session belongs to; a forked copy never judges.
         self.pid = os.getpid()
+        self._forks = len(_forks)
         #: Scopes of wider fixtures now set up: their children wait for them.
         self._open_scopes: dict[Hashable, int] = {}
         #: Zombies that existed when the running test started.
@@ -138,6 +150,10 @@ class Tracker:
             self._open_scopes.pop(key, None)
         else:
             self._open_scopes[key] = count
+
+    def in_session_process(self) -> bool:
+        """Whether this is the session's process, not a copy a test forked."""
+        return len(_forks) == self._forks or os.getpid() == self.pid
 
     def move_to_this_process(self) -> None:
         """Judge in this forked copy of the session (pytest-forked's).
