@@ -163,30 +163,34 @@ def test_a_test_that_clears_the_environment_is_still_blamed(
     )
     result = run_inner()
     result.assert_outcomes(passed=1, errors=1)
-    # Without pytest's word on the phase, the one the hooks know is named.
+    # Without pytest's word on the phase it is a guess: "call" for what the
+    # test itself spawns before its teardown (right here).
     result.stdout.fnmatch_lines(
-        ["*test_env.py::test_clears (setup): pid * sh -c 'exit 14'*"]
+        ["*test_env.py::test_clears (call): pid * sh -c 'exit 14'*"]
     )
 
 
 @pytest.mark.parametrize(
-    ("value", "phase"),
+    ("nodeid", "value", "phase"),
     [
-        ("test_x.py::test_a (call)", "call"),
-        ("test_x.py::test_a[x (y)] (setup)", "setup"),
-        ("test_x.py::test_a (teardown)", "teardown"),
-        ("test_x.py::test_a (later)", None),
-        ("test_x.py::test_a", None),
-        ("", None),
+        ("test_x.py::test_a", "test_x.py::test_a (call)", "call"),
+        ("test_x.py::test_a[x (y)]", "test_x.py::test_a[x (y)] (setup)", "setup"),
+        ("test_x.py::test_a", "test_x.py::test_a (teardown)", "teardown"),
+        ("test_x.py::test_a", "test_x.py::test_a (later)", None),
+        ("test_x.py::test_a", "test_x.py::test_a", None),
+        # Another test's phase (a nested pytester run's) is not this test's.
+        ("test_x.py::test_a", "test_x.py::test_ab (call)", None),
+        ("test_x.py::test_a", "inner.py::test_a (call)", None),
+        ("test_x.py::test_a", "", None),
     ],
 )
 def test_the_phase_is_read_from_pytest_current_test(
-    monkeypatch: pytest.MonkeyPatch, value: str, phase: str | None
+    monkeypatch: pytest.MonkeyPatch, nodeid: str, value: str, phase: str | None
 ) -> None:
     from pytest_nozombies.checks import pytest_phase
 
     monkeypatch.setenv("PYTEST_CURRENT_TEST", value)
-    assert pytest_phase() == phase
+    assert pytest_phase(nodeid) == phase
 
 
 def test_module_fixture_teardown_leak_is_reported_against_the_fixture(

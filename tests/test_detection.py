@@ -695,12 +695,28 @@ def test_wrong_marker_arguments_are_a_usage_error(
     result.stdout.no_fnmatch_line("*passed*")
 
 
+DESELECTING_CONFTEST = """
+def pytest_collection_modifyitems(config, items):
+    dropped = [item for item in items if item.name == "test_marked"]
+    items[:] = [item for item in items if item not in dropped]
+    config.hook.pytest_deselected(items=dropped)
+"""
+
+
 @pytest.mark.parametrize(
-    "deselect", [("-k", "not marked"), ("-m", "not slow")], ids=["-k", "-m"]
+    "deselect",
+    [("-k", "not marked"), ("-m", "not slow"), ("--conftest-deselects",)],
+    ids=["-k", "-m", "conftest"],
 )
 def test_a_wrong_marker_on_a_deselected_test_is_still_a_usage_error(
-    pytester: pytest.Pytester, run_inner: RunInner, deselect: tuple[str, str]
+    pytester: pytest.Pytester, run_inner: RunInner, deselect: tuple[str, ...]
 ) -> None:
+    # A conftest's plain hook runs before an installed plugin's: the check is
+    # tryfirst so that it still sees every item (pytest's own -k and -m run
+    # after it anyway).
+    if deselect == ("--conftest-deselects",):
+        pytester.makeconftest(DESELECTING_CONFTEST)
+        deselect = ()
     write_inner(
         pytester,
         """

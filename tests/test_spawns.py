@@ -8,8 +8,10 @@ import multiprocessing
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -386,3 +388,106 @@ def test_a_popen_whose_exec_fails_leaves_no_record(
         subprocess.Popen([program])
     # Popen reaped the child that could not exec; nothing is left to judge.
     assert [r for r in registry.all_records() if r.argv == (program,)] == []
+
+
+def _sleeper() -> list[str]:
+    return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def test_a_popen_whose_finalizer_raises_still_has_its_child_followed(
+    registry: spawns.SpawnRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under -W error, Popen.__del__'s ResourceWarning raises before it parks
+    # the Popen in subprocess._active: nothing but the record follows the
+    # child then, so it must be pinned, not taken for reaped.
+    proc = subprocess.Popen(_sleeper())
+    pid = proc.pid
+    record = registry.by_pid(pid)
+    assert record is not None
+    raised: list[type[BaseException] | None] = []
+    # Keep only the type: the exception's traceback would keep the Popen alive.
+    monkeypatch.setattr(
+        sys, "unraisablehook", lambda args: raised.append(args.exc_type)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        del proc
+    monkeypatch.undo()
+    assert raised == [ResourceWarning]
+    assert not [p for p in subprocess._active if p.pid == pid]  # type: ignore[attr-defined]
+    try:
+        assert record.status() == "running"
+        os.kill(pid, signal.SIGKILL)
+        wait_until_zombie(pid)
+        assert record.status() == "zombie"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert record.status() == "gone"
+
+
+def test_fault_injected_popen_failing_after_its_fork_still_records_the_child(
+    registry: spawns.SpawnRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Injected fault: Popen._execute_child raising between the fork and its
+    # end cannot be produced for real on demand (an interrupt, say).
+    def fail(*args: Any) -> None:
+        raise RuntimeError("injected after the fork")
+
+    active: list[subprocess.Popen[bytes]] = subprocess._active  # type: ignore[attr-defined]
+    before = {p.pid for p in active}
+    monkeypatch.setattr(subprocess.Popen, "_close_pipe_fds", fail)
+    # The failed Popen, once dropped, parks itself in subprocess._active
+    # (saying so with a ResourceWarning).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(RuntimeError, match="injected"):
+            subprocess.Popen(_sleeper())
+        gc.collect()
+    monkeypatch.undo()
+    assert [w.category for w in caught] == [ResourceWarning]
+    [kept] = [p for p in active if p.pid not in before]
+    try:
+        record = registry.by_pid(kept.pid)
+        assert record is not None
+        assert record.how == "subprocess.Popen"
+        assert record.status() == "running"
+        kept.kill()
+        wait_until_zombie(kept.pid)
+        assert record.status() == "zombie"
+    finally:
+        kept.kill()
+        kept.wait()
+    assert record.status() == "gone"
+
+
+class _SpawningEnv(dict[str, str]):
+    """An environment whose reading spawns a child, inside Popen's start."""
+
+    def __init__(self, spawned: list[int]) -> None:
+        super().__init__(os.environ)
+        self.spawned = spawned
+
+    def items(self) -> Any:
+        argv = ["sh", "-c", "exit 0", "inner"]
+        self.spawned.append(os.posix_spawn("/bin/sh", argv, dict(os.environ)))
+        return super().items()
+
+
+def test_a_child_spawned_while_a_popen_starts_keeps_its_own_record(
+    registry: spawns.SpawnRegistry,
+) -> None:
+    inner: list[int] = []
+    with subprocess.Popen(["sh", "-c", "exit 0"], env=_SpawningEnv(inner)) as proc:
+        [pid] = inner
+        record = registry.by_pid(pid)
+        assert record is not None
+        assert record.argv == ("sh", "-c", "exit 0", "inner")
+        assert record.how == "os.posix_spawn"
+        assert pinned(record)  # no Popen follows it
+        own = registry.by_pid(proc.pid)
+        assert own is not None
+        assert own.argv == ("sh", "-c", "exit 0")
+        assert own.holder is not None
+        assert own.holder() is proc
+    os.waitpid(pid, 0)

@@ -301,17 +301,21 @@ class TestChecks:
         warnings.warn(disabled_warning(exc), stacklevel=1)
 
 
-def pytest_phase() -> str | None:
-    """The phase of the running test, as pytest itself announces it.
+def pytest_phase(nodeid: str) -> str | None:
+    """The phase test ``nodeid`` is in, as pytest itself announces it.
 
     pytest sets ``PYTEST_CURRENT_TEST`` to ``"<nodeid> (<phase>)"`` as each
     phase starts. It is read only when a child is spawned, so that no hook
-    has to run at the start of every test's call phase. ``None`` if a test
-    removed or changed the variable: the owner then keeps the phase known
-    from the hooks ("setup" until the teardown starts).
+    has to run at the start of every test's call phase. ``None`` if the
+    variable is gone or names another test (a test removed it; an in-process
+    pytester run set and removed its own): the owner's phase is then guessed
+    (see ``SpawnRegistry.spawn_owner``).
     """
     value = os.environ.get("PYTEST_CURRENT_TEST", "")
-    phase = value[value.rfind(" (") + 2 : -1] if value.endswith(")") else ""
+    prefix = len(nodeid) + 2
+    if not value.startswith(nodeid) or value[len(nodeid) : prefix] != " (":
+        return None
+    phase = value[prefix:-1] if value.endswith(")") else ""
     return phase if phase in ("setup", "call", "teardown") else None
 
 

@@ -136,18 +136,20 @@ class SpawnRecord:
 
     def status(self) -> processes.ChildStatus:
         """``running``, ``zombie`` or ``gone``: this child, not its pid's."""
-        if self.holder is not None:
+        unpinned = self.handle is None and self.start_time is None
+        if unpinned and self.holder is not None:
             holder = self.holder()
             # A Popen with a returncode has reaped its child: no system call
             # needed. A Popen that is gone has either reaped its child or been
             # parked in subprocess._active by its finalizer (the cycle
-            # collector clears weak references before that finalizer runs).
+            # collector clears weak references before that finalizer runs;
+            # a finalizer that failed pinned the child, see _wrap_popen_del).
             if holder is not None:
                 if getattr(holder, "returncode", None) is not None:
                     return "gone"
             elif self.holder_parks and not _parked(self.pid):
                 return "gone"
-        if self.handle is None and self.start_time is None:
+        if unpinned:
             self.pin()
         if self.handle is not None:
             return processes.handle_status(self.handle)
@@ -161,10 +163,12 @@ class SpawnRecord:
     def pin(self) -> None:
         """Pin down a child recorded without a pidfd or start time.
 
-        Only a Popen's children are recorded so (see ``note_popen``), and only
+        Only a Popen's children are recorded so (see ``claim_popen``), and only
         while their Popen has not reaped them is this asked: their pid is
         still theirs, unless other code reaped them behind their Popen's back.
         """
+        if self.handle is not None or self.start_time is not None:
+            return
         self.handle = processes.open_handle(self.pid)
         if self.handle is None:
             identity = processes.identify(self.pid)
@@ -206,9 +210,9 @@ class SpawnRegistry:
         #: spawned, by ``phase_now``, which saves a hook call on every test.
         self.phase = ""
         self.test_allowed = False
-        #: Says which phase of the running test this is ("setup", "call" or
-        #: "teardown"), or None if it cannot tell.
-        self.phase_now: Callable[[], str | None] = _no_phase
+        #: Says which phase the test with the given node id is in ("setup",
+        #: "call" or "teardown"), or None if it cannot tell.
+        self.phase_now: Callable[[str], str | None] = _no_phase
         #: Owners of fixtures now setting up or tearing down, innermost last.
         self.fixture_owners: list[Owner] = []
         #: Command lines matching one of these are never leaks.
@@ -229,18 +233,21 @@ class SpawnRegistry:
 
     def spawn_owner(self) -> Owner | None:
         """What answers for a child spawned now, its phase told exactly."""
+        test = self.test
         if self.fixture_owners:
             fixture = self.fixture_owners[-1]
-            if fixture.phase != "setup":
+            if fixture.phase != "setup" or test is None:
                 return fixture
-            phase = self.phase_now() or "setup"
+            phase = self.phase_now(test) or "setup"
             return fixture if phase == "setup" else fixture._replace(phase=phase)
-        if self.test is None:
+        if test is None:
             return None
         phase = self.phase
         if phase == "setup":
-            phase = self.phase_now() or phase
-        return Owner(self.test, phase, allowed=self.test_allowed)
+            # Without pytest's word, "call" is the better guess for the test
+            # itself: in its setup phase fixtures own what is spawned.
+            phase = self.phase_now(test) or "call"
+        return Owner(test, phase, allowed=self.test_allowed)
 
     def get(self, identity: processes.ChildIdentity) -> SpawnRecord | None:
         record = self._records.get(identity.pid)
@@ -316,11 +323,19 @@ class SpawnRegistry:
     # --- called from the wrappers ------------------------------------------
 
     def note_spawn(
-        self, pid: int, argv: tuple[str, ...] | None, how: str, depth: int
+        self,
+        pid: int,
+        argv: tuple[str, ...] | None,
+        how: str,
+        depth: int,
+        *,
+        pin: bool = True,
     ) -> None:
-        handle = processes.open_handle(pid)
+        """Record a child just spawned; ``pin=False`` inside Popen._execute_child,
+        whose wrapper pins it only if its Popen cannot follow it."""
+        handle = processes.open_handle(pid) if pin else None
         start_time = None
-        if handle is None:
+        if pin and handle is None:
             identity = processes.identify(pid)
             if identity is None:
                 return  # already reaped (SIGCHLD ignored): nothing to track
@@ -353,32 +368,32 @@ class SpawnRegistry:
                 return "nozombies_ignore"
         return None
 
-    def note_popen(self, popen: subprocess.Popen[Any], args: Any, depth: int) -> None:
-        """Record the child a Popen just started, held by that Popen.
+    def claim_popen(self, popen: subprocess.Popen[Any], pids: list[int]) -> None:
+        """Hand the children spawned while ``popen`` started to their holder.
 
-        No pidfd is opened (it costs two system calls, a tenth of the whole
-        bookkeeping): a Popen with subprocess's own finalizer reaps its child
-        or parks itself until it has, so whether the child is gone can be read
-        from the Popen and ``subprocess._active``. Only a child still unreaped
-        when its scope is judged is pinned down (``SpawnRecord.pin``).
+        They were recorded without a pidfd (two system calls, a tenth of the
+        whole bookkeeping of a spawn): a Popen with subprocess's own finalizer
+        either reaps its child (its ``returncode``) or, dropped unreaped, parks
+        itself in ``subprocess._active`` until it does (and ``_wrap_popen_del``
+        pins the child if that finalizer fails first). So the Popen's own child
+        is pinned only if it is still unreaped when asked about. Anything else
+        spawned meanwhile on this thread (a finalizer, a signal handler) is
+        pinned now.
         """
-        argv = _as_argv(args)
-        exempt = self._exemption(argv)
-        record = SpawnRecord(
-            popen.pid,
-            None,
-            argv,
-            "subprocess.Popen",
-            (),
-            None if exempt else self.spawn_owner(),
-            exempt,
-            raw_stack=capture_stack(depth + 1, self.stack_stop),
-        )
-        record.holder = weakref.ref(popen)
-        record.holder_parks = type(popen).__del__ is _POPEN_DEL
-        if not record.holder_parks:
-            record.pin()  # its finalizer may drop it unreaped: pin it now
-        self.add(record)
+        for pid in pids:
+            record = self._records.get(pid)
+            if record is None:
+                continue
+            if pid != popen.pid:
+                record.pin()
+            elif popen.returncode is not None:
+                self.discard(record)  # reaped by Popen itself: exec failed
+            else:
+                record.how = "subprocess.Popen"
+                record.holder = weakref.ref(popen)
+                record.holder_parks = type(popen).__del__ is subprocess.Popen.__del__
+                if not record.holder_parks:
+                    record.pin()  # its own finalizer may drop it unreaped
 
 
 def capture_stack(depth: int, stop: tuple[str, ...] = ()) -> tuple[RawFrame, ...]:
@@ -418,7 +433,7 @@ def _line_of(code: CodeType, lasti: int) -> int:
     return code.co_firstlineno
 
 
-def _no_phase() -> str | None:
+def _no_phase(nodeid: str) -> str | None:
     return None
 
 
@@ -449,10 +464,8 @@ def _as_argv(args: Any) -> tuple[str, ...] | None:
 
 # --- the wrappers ---------------------------------------------------------------
 
-#: Popen.__del__ as subprocess defines it (see ``SpawnRecord.holder_parks``).
-_POPEN_DEL = subprocess.Popen.__del__
-#: Set on a thread while it runs Popen._execute_child: the Popen wrapper
-#: records the child, so the lower-level wrappers leave it alone.
+#: ``pids``: while a thread runs Popen._execute_child, the children it spawns
+#: (recorded unpinned, for the Popen wrapper to claim); else absent or None.
 _in_popen = threading.local()
 
 #: The registry the wrappers report to: the newest of ``_registries``.
@@ -483,6 +496,7 @@ def install(registry: SpawnRegistry) -> None:
             # Python 3.11+ binds fork_exec into subprocess at import time.
             _patch(subprocess, "_fork_exec", _wrap_fork_exec)
         _patch(subprocess.Popen, "_execute_child", _wrap_execute_child)
+        _patch(subprocess.Popen, "__del__", _wrap_popen_del)
     _registries.append(registry)
     _registry = registry
     _register_existing_children(registry)
@@ -550,10 +564,8 @@ def _wrap_posix_spawn(original: Callable[..., int], name: str) -> Callable[..., 
     @functools.wraps(original)
     def posix_spawn(path: Any, argv: Any, *args: Any, **kwargs: Any) -> int:
         pid = original(path, argv, *args, **kwargs)
-        if getattr(_in_popen, "active", False):
-            _in_popen.argv = argv  # the Popen wrapper records it
-        elif _registry is not None:
-            _registry.note_spawn(pid, _as_argv(argv), f"os.{name}", 1)
+        if _registry is not None:
+            _note_low_level_spawn(_registry, pid, _as_argv(argv), f"os.{name}")
         return pid
 
     return posix_spawn
@@ -564,13 +576,21 @@ def _wrap_fork_exec(original: Callable[..., int], name: str) -> Callable[..., in
     @functools.wraps(original)
     def fork_exec(args: Any, *rest: Any, **kwargs: Any) -> int:
         pid = original(args, *rest, **kwargs)
-        if getattr(_in_popen, "active", False):
-            _in_popen.argv = args  # the Popen wrapper records it
-        elif _registry is not None:
-            _registry.note_spawn(pid, _as_argv(args), "fork_exec", 1)
+        if _registry is not None:
+            _note_low_level_spawn(_registry, pid, _as_argv(args), "fork_exec")
         return pid
 
     return fork_exec
+
+
+def _note_low_level_spawn(
+    registry: SpawnRegistry, pid: int, argv: tuple[str, ...] | None, how: str
+) -> None:
+    # Called by a wrapper called by the spawning code: depth 2 is that code.
+    window: list[int] | None = getattr(_in_popen, "pids", None)
+    registry.note_spawn(pid, argv, how, 2, pin=window is None)
+    if window is not None:
+        window.append(pid)
 
 
 def _wrap_execute_child(
@@ -578,27 +598,43 @@ def _wrap_execute_child(
 ) -> Callable[..., None]:
     @functools.wraps(original)
     def _execute_child(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
-        if _registry is None:
-            return original(self, *args, **kwargs)
-        _in_popen.active = True
-        _in_popen.argv = None
+        # The children spawned on this thread meanwhile, for the Popen to
+        # claim, also when it raises after the fork. A Popen started inside
+        # this one (from a finalizer, say) keeps its own list.
+        outer = getattr(_in_popen, "pids", None)
+        pids: list[int] = []
+        _in_popen.pids = pids
         try:
             original(self, *args, **kwargs)
         finally:
-            _in_popen.active = False
-            # Also when it raised after the fork; not when it reaped the
-            # child itself (exec failed) and so set its returncode.
+            _in_popen.pids = outer
+            if _registry is not None and pids:
+                _registry.claim_popen(self, pids)
+
+    return _execute_child
+
+
+def _wrap_popen_del(original: Callable[..., None], name: str) -> Callable[..., None]:
+    @functools.wraps(original)
+    def __del__(self: subprocess.Popen[Any]) -> None:
+        try:
+            original(self)
+        finally:
+            # Popen.__del__ parks a Popen whose child is unreaped in
+            # subprocess._active, unless it raised first (its ResourceWarning
+            # turned into an error): then nothing follows that child any more
+            # but its record, which must pin it now.
             if (
                 _registry is not None
                 and getattr(self, "_child_created", False)
                 and self.returncode is None
+                and not _parked(self.pid)
             ):
-                # The argv as executed (a shell's, with shell=True).
-                argv = _in_popen.argv
-                _registry.note_popen(self, self.args if argv is None else argv, 1)
-        return None
+                record = _registry.by_pid(self.pid)
+                if record is not None:
+                    record.pin()
 
-    return _execute_child
+    return __del__
 
 
 def iter_user_frames(

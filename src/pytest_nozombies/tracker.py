@@ -162,6 +162,7 @@ class Tracker:
         are none of this copy's, so they are dropped (closing the copy's pidfds).
         """
         self.pid = os.getpid()
+        self._forks = len(_forks)
         self.registry.close()
 
     # --- checks ----------------------------------------------------------------
