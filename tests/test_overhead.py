@@ -84,6 +84,11 @@ def probe(pytester: pytest.Pytester, run_inner: RunInner, *args: str) -> dict[st
     return found
 
 
+def assert_not_imported(found: dict[str, Any], *modules: str) -> None:
+    imported = set(found["modules"])
+    assert imported.isdisjoint(f"pytest_nozombies.{m}" for m in modules)
+
+
 def test_a_clean_run_runs_two_hooks_per_test_and_never_the_leak_path(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:
@@ -101,10 +106,8 @@ def test_a_clean_run_runs_two_hooks_per_test_and_never_the_leak_path(
         "pytest_runtest_logreport": [],
     }
     assert "nozombies-carrier" not in found["registered"]
-    modules = found["modules"]
     # Formatting, reaping and the subreaper are loaded only when needed.
-    for module in ("reporting", "reaping", "subreaper", "xdist"):
-        assert f"pytest_nozombies.{module}" not in modules
+    assert_not_imported(found, "reporting", "reaping", "subreaper", "xdist")
 
 
 def test_mode_off_adds_no_hook_around_tests(
@@ -112,9 +115,7 @@ def test_mode_off_adds_no_hook_around_tests(
 ) -> None:
     found = probe(pytester, run_inner, "--nozombies-mode=off")
     assert found["hooks_at_end"] == {hook: [] for hook in PER_TEST_HOOKS}
-    modules = found["modules"]
-    for module in ("checks", "tracker", "reporting", "reaping"):
-        assert f"pytest_nozombies.{module}" not in modules
+    assert_not_imported(found, "checks", "tracker", "reporting", "reaping")
 
 
 def test_a_leak_brings_the_carrier_for_one_report(

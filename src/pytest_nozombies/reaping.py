@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from . import processes
-from .spawns import SpawnRecord
+from .spawns import SpawnRecord, parked_popen
 
 
 def reap_zombie(
@@ -41,12 +41,9 @@ def find_holder(pid: int, record: SpawnRecord | None) -> object | None:
         held: object = record.holder()
         if isinstance(held, subprocess.Popen) and held.pid == pid:
             return held
-    # A Popen dropped while its child still ran is parked here by CPython until
-    # a later Popen call polls it.
-    active: list[Any] = getattr(subprocess, "_active", None) or []
-    for popen in list(active):
-        if isinstance(popen, subprocess.Popen) and popen.pid == pid:
-            return popen
+    parked = parked_popen(pid)
+    if parked is not None:
+        return parked
     # multiprocessing keeps every Process it started (and has not yet seen
     # end) in this set; only look if the program uses multiprocessing at all.
     mp_process = sys.modules.get("multiprocessing.process")

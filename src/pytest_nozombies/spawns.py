@@ -437,12 +437,23 @@ def _no_phase(nodeid: str) -> str | None:
     return None
 
 
-def _parked(pid: int) -> bool:
-    """Whether a dropped Popen of child ``pid`` waits in ``subprocess._active``."""
+def parked_popen(pid: int) -> subprocess.Popen[Any] | None:
+    """The dropped Popen of child ``pid`` that waits in ``subprocess._active``.
+
+    CPython parks there a Popen dropped before it reaped its child, until a
+    later Popen call polls it.
+    """
     active = getattr(subprocess, "_active", None)
     if not active:
-        return False  # nearly always: no Popen was dropped unreaped
-    return any(getattr(popen, "pid", None) == pid for popen in active)
+        return None  # nearly always: no Popen was dropped unreaped
+    for popen in list(active):
+        if isinstance(popen, subprocess.Popen) and popen.pid == pid:
+            return popen
+    return None
+
+
+def _parked(pid: int) -> bool:
+    return parked_popen(pid) is not None
 
 
 def _as_argv(args: Any) -> tuple[str, ...] | None:
