@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-SCENARIOS = ("trivial", "loaded", "spawn", "psutil", "memory")
+SCENARIOS = ("trivial", "loaded", "spawn", "psutil", "floor", "memory")
 
 #: The issue's targets (issue 6).
 RATIO_TARGET = 1.02
@@ -61,6 +61,27 @@ def _scan_children_like_psutil_checkers():
     yield
     _ME.children()
 """
+
+
+FLOOR_CONFTEST = """\
+import os
+
+import pytest
+
+if hasattr(os, "waitid"):
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_teardown(item):
+        # The least an exact check can do around a test: one hook call and one
+        # non-reaping waitid after it. No owner, no spawn record, no report.
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # no child at all, as in a trivial suite
+            pass
+"""
+
+#: A suite and the extra pytest arguments of one side of a comparison.
+Side = tuple[Path, Sequence[str]]
 
 
 def log(message: str) -> None:
@@ -240,9 +261,7 @@ def paired(
     return result
 
 
-def shared_cpu_pair(
-    suite: Path, first: Sequence[str], second: Sequence[str]
-) -> tuple[float, float]:
+def shared_cpu_pair(first: Side, second: Side) -> tuple[float, float]:
     """Run two pytest runs at the same time on one CPU; their CPU seconds.
 
     Both share whatever the machine does meanwhile (a neighbour on the host,
@@ -256,7 +275,7 @@ def shared_cpu_pair(
     procs = []
     os.sched_setaffinity(0, {cpu})  # inherited by both runs, and only by them
     try:
-        for extra in (first, second):
+        for suite, extra in (first, second):
             procs.append(
                 subprocess.Popen(
                     pytest_argv(suite, extra),
@@ -286,19 +305,19 @@ def shared_cpu_pair(
     return cpu_seconds[0], cpu_seconds[1]
 
 
-def shared_cpu_pairs(result: Result, suite: Path, pairs: int) -> None:
-    """``pairs`` runs of plugin on and off sharing one CPU, the starter swapped."""
+def shared_cpu_pairs(result: Result, variant: Side, baseline: Side, pairs: int) -> None:
+    """``pairs`` runs of both sides sharing one CPU, the starter swapped."""
     if pairs <= 0 or not hasattr(os, "sched_setaffinity"):
         return
     for i in range(pairs):
         if i % 2 == 0:
-            on, off = shared_cpu_pair(suite, (), OFF)
+            v, b = shared_cpu_pair(variant, baseline)
         else:
-            off, on = shared_cpu_pair(suite, OFF, ())
-        result.shared_cpu.append((on, off))
+            b, v = shared_cpu_pair(baseline, variant)
+        result.shared_cpu.append((v, b))
         log(
-            f"[{result.name}] shared-CPU pair {i + 1}/{pairs}: on {on:.3f}s CPU, "
-            f"off {off:.3f}s CPU, ratio {on / off:.3f}"
+            f"[{result.name}] shared-CPU pair {i + 1}/{pairs}: {result.variant} "
+            f"{v:.3f}s CPU, off {b:.3f}s CPU, ratio {v / b:.3f}"
         )
 
 
@@ -313,7 +332,7 @@ def plugin_on_off(
 ) -> Result:
     result = Result(name, tests, load, "on", target)
     paired(result, pairs, lambda: run_pytest(suite, ()), lambda: run_pytest(suite, OFF))
-    shared_cpu_pairs(result, suite, shared_pairs)
+    shared_cpu_pairs(result, (suite, ()), (suite, OFF), shared_pairs)
     return result
 
 
@@ -591,6 +610,19 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], list[str
         ratio_scenario("spawn and wait per test", spawn, "idle")
     if "psutil" in wanted:
         psutil_reference("idle")
+    if "floor" in wanted:
+        # What pytest and CPython alone charge for any exact per-test check:
+        # the part of the ratio target no plugin design can win back.
+        floor = write_suite(workdir / "floor", n, trivial_body, conftest=FLOOR_CONFTEST)
+        result = Result("bare check per test (floor)", n, "idle", "floor")
+        paired(
+            result,
+            args.pairs,
+            lambda: run_pytest(floor, OFF),
+            lambda: run_pytest(trivial, OFF),
+        )
+        shared_cpu_pairs(result, (floor, OFF), (trivial, OFF), args.shared_pairs)
+        results.append(result)
     if "memory" in wanted:
         if memory_small is None:
             memory_small = plugin_on_off(
@@ -661,8 +693,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             *(f"- {note}" for note in notes),
             "- Ratio: median over pairs of (variant time / plugin-off time), "
             "whole pytest runs. Cost per test: (median variant - median off) / "
-            "tests. Variant is plugin on, or for the psutil rows plugin off plus "
-            "a psutil `children()` scan before and after each test. CPU ratio: "
+            "tests. Variant is plugin on; for the psutil rows, plugin off plus "
+            "a psutil `children()` scan before and after each test; for the "
+            "floor row, plugin off plus a conftest hook making one non-reaping "
+            "`waitid` after each test. CPU ratio: "
             "the same for user+system CPU time of the pytest process, which "
             "other load on the machine disturbs less than wall time. "
             "Shared-CPU ratio: median over pairs of the CPU-time ratio of an "
