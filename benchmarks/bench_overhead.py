@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TypeAlias
 
 SCENARIOS = ("trivial", "loaded", "spawn", "psutil", "floor", "memory")
 
@@ -68,20 +69,18 @@ import os
 
 import pytest
 
-if hasattr(os, "waitid"):
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_runtest_teardown(item):
-        # The least an exact check can do around a test: one hook call and one
-        # non-reaping waitid after it. No owner, no spawn record, no report.
-        try:
-            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:  # no child at all, as in a trivial suite
-            pass
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item):
+    # A lower bound for this kind of check: after each test's teardown, one
+    # hook call and the plugin's one non-reaping waitid (processes.children_now),
+    # which raises ChildProcessError in a process with no child, as here.
+    # No owner, no spawn record, no report.
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        pass
 """
-
-#: A suite and the extra pytest arguments of one side of a comparison.
-Side = tuple[Path, Sequence[str]]
 
 
 def log(message: str) -> None:
@@ -261,6 +260,10 @@ def paired(
     return result
 
 
+#: A suite and the extra pytest arguments of one side of a comparison.
+Side: TypeAlias = tuple[Path, Sequence[str]]
+
+
 def shared_cpu_pair(first: Side, second: Side) -> tuple[float, float]:
     """Run two pytest runs at the same time on one CPU; their CPU seconds.
 
@@ -311,13 +314,14 @@ def shared_cpu_pairs(result: Result, variant: Side, baseline: Side, pairs: int) 
         return
     for i in range(pairs):
         if i % 2 == 0:
-            v, b = shared_cpu_pair(variant, baseline)
+            variant_cpu, baseline_cpu = shared_cpu_pair(variant, baseline)
         else:
-            b, v = shared_cpu_pair(baseline, variant)
-        result.shared_cpu.append((v, b))
+            baseline_cpu, variant_cpu = shared_cpu_pair(baseline, variant)
+        result.shared_cpu.append((variant_cpu, baseline_cpu))
         log(
             f"[{result.name}] shared-CPU pair {i + 1}/{pairs}: {result.variant} "
-            f"{v:.3f}s CPU, off {b:.3f}s CPU, ratio {v / b:.3f}"
+            f"{variant_cpu:.3f}s CPU, baseline {baseline_cpu:.3f}s CPU, "
+            f"ratio {variant_cpu / baseline_cpu:.3f}"
         )
 
 
@@ -610,18 +614,23 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], list[str
         ratio_scenario("spawn and wait per test", spawn, "idle")
     if "psutil" in wanted:
         psutil_reference("idle")
-    if "floor" in wanted:
-        # What pytest and CPython alone charge for any exact per-test check:
-        # the part of the ratio target no plugin design can win back.
+    if "floor" in wanted and not hasattr(os, "waitid"):
+        notes.append("Floor: skipped, this Python has no `os.waitid`.")
+    elif "floor" in wanted:
+        # What pytest's hook call and CPython's ChildProcessError alone cost
+        # per test. Both sides run from one folder, so that only the conftest
+        # differs (see README.md on path lengths).
         floor = write_suite(workdir / "floor", n, trivial_body, conftest=FLOOR_CONFTEST)
+        bare = (floor, OFF)
+        without = (floor, (*OFF, "--noconftest"))
         result = Result("bare check per test (floor)", n, "idle", "floor")
         paired(
             result,
             args.pairs,
-            lambda: run_pytest(floor, OFF),
-            lambda: run_pytest(trivial, OFF),
+            lambda: run_pytest(*bare),
+            lambda: run_pytest(*without),
         )
-        shared_cpu_pairs(result, (floor, OFF), (trivial, OFF), args.shared_pairs)
+        shared_cpu_pairs(result, bare, without, args.shared_pairs)
         results.append(result)
     if "memory" in wanted:
         if memory_small is None:
@@ -699,9 +708,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "`waitid` after each test. CPU ratio: "
             "the same for user+system CPU time of the pytest process, which "
             "other load on the machine disturbs less than wall time. "
-            "Shared-CPU ratio: median over pairs of the CPU-time ratio of an "
-            "on run and an off run started together on one CPU, so that both "
-            "see the same machine at the same moments (see README.md).",
+            "Shared-CPU ratio: median over pairs of the CPU-time ratio of a "
+            "variant run and a baseline run started together on one CPU, so "
+            "that both see the same machine at the same moments (see "
+            "README.md).",
         ]
     )
     print(report)
