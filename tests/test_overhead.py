@@ -115,7 +115,7 @@ def test_mode_off_adds_no_hook_around_tests(
 ) -> None:
     found = probe(pytester, run_inner, "--nozombies-mode=off")
     assert found["hooks_at_end"] == {hook: [] for hook in PER_TEST_HOOKS}
-    assert_not_imported(found, "checks", "tracker", "reporting", "reaping")
+    assert_not_imported(found, "checks", "tracker", "spawns", "reporting", "reaping")
 
 
 def test_a_leak_brings_the_carrier_for_one_report(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import __version__, markers, processes, results, settings, spawns
+from . import __version__, markers, processes, results, settings
 
 if TYPE_CHECKING:  # imported when there is something to check
     from .checks import TestChecks
@@ -68,6 +68,9 @@ def _start_checks(
     *,
     count_carried: bool,
 ) -> None:
+    # Loaded here, not with the plugin: with --nozombies-mode=off (or nothing
+    # to check on this platform) no spawn is recorded and none of it is needed.
+    from . import spawns
     from .checks import TestChecks, disabled_warning, pytest_phase
     from .tracker import Tracker
 
