@@ -1,7 +1,8 @@
 """pytest hooks of the session: a table of contents.
 
-* ``pytest_configure`` resolves the settings, starts recording spawns and,
-  when there is anything to check, registers the per-test checks (checks.py).
+* ``pytest_configure`` resolves the settings and, when there is anything to
+  check, starts recording spawns and registers the per-test checks
+  (checks.py).
 * Markers are validated once collection is done (markers.py).
 * At the session's end: children that died after the last check, running
   leftovers, the exit code, the JSON report (results.py) and the terminal
