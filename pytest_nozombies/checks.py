@@ -1,46 +1,47 @@
-"""The checks around every test and fixture.
+"""The checks around every test and fixture, and what each finding becomes.
 
-``TestChecks`` is registered by ``pytest_configure`` only when there is
-something to check (mode fail or warn, on a platform with zombies), so a run
-with ``--nozombies-mode=off`` pays nothing per test. The hooks hold their
-state on the object rather than in stashes: they run thousands of times per
-run, and the fast path of each is a few attribute reads and one ``waitid``.
+``TestChecks`` is registered only where tests run and there is something to
+check (mode ``fail`` or ``warn`` on a platform with zombies), so a run with
+``--nozombies-mode=off`` pays nothing per test.
 
-* Each test phase runs with the test as owner; each fixture's setup and
-  teardown with the fixture as owner (see tracker.py for what owning means).
-* After a test's teardown its scope is judged: a leak fails the test in its
-  teardown (``fail``) or warns (``warn``); wider fixtures are judged when they
-  are finalized; late leaks are blamed on the test that spawned them.
-* Every leak becomes a record that rides on the next teardown report (see
-  results.py).
+* A test owns what is spawned from its setup to its teardown, each phase in
+  turn; a fixture owns what it spawns while it sets up and tears down.
+* When its teardown is over the test is judged; a wider fixture is judged
+  when it is finalized (see tracker.py).
+* Each finding gets its verdict, passes the ``pytest_nozombies_leak`` hook,
+  and rides on the report of the phase during which it was found. The
+  test's own findings fail it (mode ``fail``) or warn.
+
+An internal error turns the checks off with one warning; it never reaches
+pytest as an error of a test or of the run.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import os
+import sysconfig
 import warnings
-from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar
 
+import _pytest
+import pluggy
 import pytest
 
-from . import results, spawns
+from . import reporting
+from .leaks import FAILED_RUN, FAILED_TEST, WARNED, Leak
+from .results import RunResults
 from .settings import Settings
-from .spawns import Owner
-from .tracker import NOTHING, Leak, Tracker, Verdict
-
-if TYPE_CHECKING:
-    from .reporting import Record
+from .tracker import Owner, Tracker, Verdict
 
 T = TypeVar("T")
 
-_fixture_serials = itertools.count(1)
-
 
 class TestChecks:
-    """Hooks around every test and fixture of one session."""
+    """The hooks around every test and fixture of one session."""
 
     __test__ = False  # not a test class, whatever its name says
 
@@ -49,144 +50,168 @@ class TestChecks:
         config: pytest.Config,
         tracker: Tracker,
         settings: Settings,
-        run_results: results.RunResults,
+        results: RunResults,
         allowed: set[str],
-        *,
-        count_carried: bool,
     ) -> None:
         self.config = config
         self.tracker = tracker
         self.settings = settings
-        self.run_results = run_results
+        self.results = results
         #: Node ids of the tests marked ``allow_zombies`` (filled at collection).
         self.allowed = allowed
-        self.carrier = results.ReportCarrier(run_results, count=count_carried)
         self.enabled = True
-        #: The test whose setup hook ran and whose teardown is not judged yet.
-        self._test_item: pytest.Item | None = None
-        #: Owners of wider fixtures now set up, and of fixture teardowns now
-        #: running, by ``id(fixturedef)``.
-        self._wide_fixtures: dict[int, Owner] = {}
-        self._fixture_teardowns: dict[int, Owner] = {}
+        #: The test whose setup hook ran and which is not judged yet.
+        self._item: pytest.Item | None = None
+        self._items_by_nodeid: dict[str, pytest.Item] = {}
+        #: Fixtures now tearing down: their owner, and the owner before them.
+        self._fixture_teardowns: dict[int, tuple[Owner, Owner | None]] = {}
 
-    # --- the test protocol ----------------------------------------------------
-    # Two hooks per test: a plain tryfirst one where the test starts (a wrapper
-    # costs a generator per call), and a wrapper around its teardown, after
-    # which it is judged. The call phase needs none (see ``pytest_phase``).
+    # --- a test, phase by phase ----------------------------------------------
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         tracker = self.tracker
         if not tracker.in_session_process() and not self._move_to_forked_copy(item):
-            # A test forked and its child returned into pytest: the session
-            # belongs to the original process, which judges everything.
-            return
-        nodeid = item.nodeid
-        try:
-            tracker.start_test(nodeid, nodeid in self.allowed)
-        except Exception as exc:  # never let a bug of ours crash the run
-            self.disable(exc)
-            return
-        self._test_item = item
+            return  # a test forked and its child returned into pytest: not ours
+        path, line, _ = item.location
+        site = f"{path}:{line + 1}" if line is not None else path
+        self.guarded(
+            tracker.start_test,
+            item.nodeid,
+            allowed=item.nodeid in self.allowed,
+            test_file=str(item.path),
+            test_site=site,
+        )
+        if self.enabled:
+            self._item = item
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if item is self._item:
+            # The next phase starts now; if setup did not pass, call is skipped.
+            if call.when == "setup":
+                self.tracker.enter_phase("call" if report.passed else "teardown")
+            elif call.when == "call":
+                self.tracker.enter_phase("teardown")
+        if self.results.pending:
+            self.results.attach_pending(report)
+        return report
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_teardown(
         self, item: pytest.Item
     ) -> Generator[None, object, object]:
-        if item is not self._test_item or not self.tracker.in_session_process():
-            # Our setup hook did not run for it (an earlier setup hook failed),
-            # or a test forked and its child returned into pytest.
+        # tryfirst: outermost, so the test is judged after every other
+        # plugin's teardown, fixtures included.
+        if item is not self._item:
             return (yield)
-        self.tracker.enter_phase("teardown")
         try:
             result = yield
         except BaseException:
-            # The teardown failed on its own: keep that error as the report and
-            # show the leaks beside it rather than in its place.
-            leaks = self._judge_test()
-            if leaks:
-                item.add_report_section("teardown", "nozombies", self._message(leaks))
+            # The teardown failed by itself: keep its error as the report and
+            # show the findings beside it.
+            own = self._judge_test(item)
+            if own:
+                item.add_report_section("teardown", "nozombies", self._message(own))
             raise
-        leaks = self._judge_test()
-        if leaks:
-            self._deliver(item, leaks)
+        self.fail_or_warn(item, self._judge_test(item))
         return result
 
-    def _judge_test(self) -> list[Leak]:
-        """Judge the test that just ended; return its own reportable leaks."""
-        self._test_item = None
-        try:
-            verdict = self.tracker.end_test()
-        except Exception as exc:  # never let a bug of ours crash the run
-            self.disable(exc)
-            verdict = NOTHING
-        if verdict is NOTHING:
-            return []
-        own = [leak for leak in verdict.leaks if not leak.owner.allowed]
-        self.keep(own, failing="test")
-        self.keep([leak for leak in verdict.late if not leak.owner.allowed], "run")
+    def _judge_test(self, item: pytest.Item) -> list[Leak]:
+        """Judge the test that just ended; return what it answers for itself."""
+        verdict = self.guarded(self.tracker.end_test)
+        own = self.deliver(verdict, item, test=True) if verdict else []
+        self._item = None
         return own
 
-    def keep(self, leaks: list[Leak], failing: str) -> None:
-        """Queue leaks as records for the next report (and so the summary).
-
-        ``failing`` says what a leak fails in fail mode: its ``test`` (which then
-        reports the failure itself), or only the ``run``, for leaks found after
-        their test had reported (late and fixture leaks).
-        """
-        if not leaks:
+    def fail_or_warn(self, item: pytest.Item, own: Sequence[Leak]) -> None:
+        """Fail the test for its findings, or warn (mode ``warn``)."""
+        if not own:
             return
-        from .reporting import leak_record  # only ever needed for a leak
+        failing = [leak for leak in own if leak.verdict == FAILED_TEST]
+        warned = [leak for leak in own if leak.verdict == WARNED]
+        if warned:
+            path, lineno, _ = item.location
+            try:
+                warnings.warn_explicit(
+                    reporting.ZombieWarning(self._message(warned)),
+                    category=reporting.ZombieWarning,
+                    filename=str(self.config.rootpath / path),
+                    lineno=(lineno or 0) + 1,
+                )
+            except reporting.ZombieWarning:
+                # -W error::pytest_nozombies.ZombieWarning: the same short
+                # message as fail mode (raised outside the except block, so
+                # the warning is not chained onto it as a second copy).
+                failing = list(own)
+        if failing:
+            pytest.fail(self._message(failing), pytrace=False)
 
-        if self.settings.mode != "fail":
-            verdict = "warned"
-        else:
-            verdict = "failed-test" if failing == "test" else "failed-run"
-        root = self.config.rootpath
-        self.run_results.pending.extend(
-            leak_record(leak, root, verdict) for leak in leaks
+    # --- findings ------------------------------------------------------------
+
+    def deliver(
+        self, verdict: Verdict, item: pytest.Item | None, *, test: bool
+    ) -> list[Leak]:
+        """Give each finding its verdict, let the hook keep it from being
+        reported, and queue it; return those of ``item`` itself (``test``)."""
+        fail = self.settings.mode == "fail"
+        own_zombie = FAILED_TEST if test and fail else (FAILED_RUN if fail else WARNED)
+        running = self.settings.running
+        own_running = FAILED_TEST if test else FAILED_RUN
+        own: list[Leak] = []
+        for leak in verdict.leaks:
+            leak.verdict = own_zombie
+            own.append(leak)
+        for leak in verdict.running:
+            if running != "ignore":
+                leak.verdict = own_running if running == "fail" else WARNED
+                own.append(leak)
+        for leak in verdict.late:
+            leak.verdict = FAILED_RUN if fail else WARNED
+        reported = [leak for leak in own + verdict.late if self._hook_keeps(leak, item)]
+        # During a test, findings ride on the report of its phase; otherwise
+        # (collection, the end of the session) no report follows.
+        queue = self.results.pending if self._item is not None else self.results.outside
+        queue.extend(reported)
+        return [leak for leak in own if leak in reported] if test else []
+
+    def _hook_keeps(self, leak: Leak, item: pytest.Item | None) -> bool:
+        blamed = (
+            item
+            if leak.nodeid == getattr(item, "nodeid", None)
+            else self._item_of(leak.nodeid)
         )
-        # Found during a teardown (a test's, or a fixture's finalization):
-        # the records ride on that teardown's report.
-        self.carrier.attach_to_next_teardown(self.config)
-
-    def _message(self, leaks: list[Leak]) -> str:
-        from .reporting import format_test_leaks
-
-        config = self.config
-        return format_test_leaks(leaks, config.rootpath, config.get_verbosity())
-
-    def _deliver(self, item: pytest.Item, leaks: list[Leak]) -> None:
-        from .reporting import ZombieWarning
-
-        text = self._message(leaks)
-        if self.settings.mode == "fail":
-            pytest.fail(text, pytrace=False)
-        path, lineno, _ = item.location
         try:
-            warnings.warn_explicit(
-                ZombieWarning(text),
-                category=ZombieWarning,
-                filename=str(self.config.rootpath / path),
-                lineno=(lineno or 0) + 1,
+            answers = self.config.hook.pytest_nozombies_leak(leak=leak, item=blamed)
+        except Exception as exc:  # the user's hook: say so, keep the finding
+            warnings.warn(
+                pytest.PytestWarning(
+                    f"pytest-nozombies: pytest_nozombies_leak raised {exc!r}"
+                ),
+                stacklevel=1,
             )
-        except ZombieWarning:
-            escalated = True  # -W error::pytest_nozombies.ZombieWarning
-        else:
-            escalated = False
-        if escalated:
-            # The same short message as fail mode: raised outside the except
-            # block so the warning is not chained onto it as a second copy.
-            pytest.fail(text, pytrace=False)
+            return True
+        return False not in answers
 
-    # --- pytest-forked ----------------------------------------------------------
+    def _item_of(self, nodeid: str | None) -> pytest.Item | None:
+        return self._items_by_nodeid.get(nodeid) if nodeid is not None else None
+
+    def set_items(self, items: Sequence[pytest.Item]) -> None:
+        """The collected tests, to hand the hook the item a finding blames."""
+        self._items_by_nodeid = {item.nodeid: item for item in items}
+
+    def _message(self, leaks: Sequence[Leak]) -> str:
+        return reporting.format_message(leaks, self.config.get_verbosity())
+
+    # --- pytest-forked -------------------------------------------------------
 
     def _move_to_forked_copy(self, item: pytest.Item) -> bool:
-        """Whether this process is pytest-forked's copy running ``item``.
-
-        That copy runs the whole test and sends its reports back: it judges
-        its own children, and the leaks travel on those reports.
-        """
+        """Whether this process is pytest-forked's copy running ``item``: that
+        copy runs the whole test and sends its reports back, so it judges its
+        own children and its findings travel on those reports."""
         option = self.config.option
         if not hasattr(option, "forked"):
             return False  # pytest-forked is not installed
@@ -196,38 +221,28 @@ class TestChecks:
         if self.tracker.adopt_orphans:
             from . import subreaper
 
-            # A subreaper flag is not inherited across fork.
-            self.guarded(subreaper.set_subreaper, True)
+            self.guarded(subreaper.set_subreaper, True)  # not inherited by fork
         return True
 
-    # --- fixtures ----------------------------------------------------------------
+    # --- fixtures ------------------------------------------------------------
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     ) -> Generator[None, object, object]:
         tracker = self.tracker
-        current = tracker.current_owner()
-        if current is None or not tracker.in_session_process():
-            return (yield)
-        owner = Owner(
-            current.nodeid,
-            current.phase,
-            fixture=fixturedef.argname,
-            scope=fixturedef.scope,
-            serial=next(_fixture_serials),
-            allowed=current.allowed,
+        owner = self.guarded(
+            tracker.fixture_owner, fixturedef.argname, fixturedef.scope
         )
-        if owner.scope != "function":
-            tracker.open_scope(owner.scope_key)
-            self._wide_fixtures[id(fixturedef)] = owner
-        tracker.push_owner(owner)
+        if owner is None or not tracker.in_session_process():
+            return (yield)
+        previous = tracker.push(owner)
         try:
             return (yield)
         finally:
-            tracker.pop_owner(owner)
+            tracker.push(previous)
             # Finalizers run last in, first out: this one, added after the
-            # fixture's own teardown, runs just before it and gives it its owner.
+            # fixture's own, runs just before its teardown and names its owner.
             fixturedef.addfinalizer(
                 functools.partial(self._enter_fixture_teardown, owner, fixturedef)
             )
@@ -235,88 +250,109 @@ class TestChecks:
     def _enter_fixture_teardown(
         self, owner: Owner, fixturedef: pytest.FixtureDef[Any]
     ) -> None:
-        current = self.tracker.current_owner()
-        nodeid = current.nodeid if current is not None else owner.nodeid
-        teardown = owner._replace(nodeid=nodeid, phase="teardown")
-        self._fixture_teardowns[id(fixturedef)] = teardown
-        self.tracker.push_owner(teardown)
+        current = self.tracker.owner
+        teardown = owner.with_phase("teardown")
+        if current is not None and current.nodeid is not None:
+            teardown.nodeid = current.nodeid  # the test whose teardown runs it
+        self._fixture_teardowns[id(fixturedef)] = (owner, self.tracker.push(teardown))
 
     def pytest_fixture_post_finalizer(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     ) -> None:
-        tracker = self.tracker
-        teardown = self._fixture_teardowns.pop(id(fixturedef), None)
-        if teardown is not None:
-            tracker.pop_owner(teardown)
-        owner = self._wide_fixtures.pop(id(fixturedef), None)
-        if owner is None or not tracker.in_session_process():
+        entry = self._fixture_teardowns.pop(id(fixturedef), None)
+        if entry is None:
             return
-        verdict: Verdict | None = self.guarded(
-            tracker.judge_scope, owner.scope_key, owner, None
-        )
-        if verdict is None:
-            return
-        leaks = [leak for leak in verdict.leaks if not leak.owner.allowed]
-        self.keep(leaks, failing="run")
-        if leaks and self.settings.mode == "warn":
-            from .reporting import ZombieWarning, format_leak
-
-            root = self.config.rootpath
-            text = "\n".join(format_leak(leak, root) for leak in leaks)
-            warnings.warn(ZombieWarning(text), stacklevel=1)
-
-    # --- the end of the session -------------------------------------------------
-
-    def finish_session(self) -> list[Record]:
-        """Judge what died after the last check; return the running leftovers."""
+        owner, previous = entry
         tracker = self.tracker
-        swept = self.guarded(tracker.final_sweep) or []
-        self.keep([leak for leak in swept if not leak.owner.allowed], "run")
-        if self.settings.running == "ignore" or not self.enabled:
-            return []
-        records = self.guarded(tracker.running_leftovers) or []
-        if not records:
-            return []
-        from .reporting import leftover_record
+        tracker.push(previous)
+        if owner.fixture_scope == "function" or not tracker.in_session_process():
+            return  # judged with its test
+        verdict = self.guarded(tracker.end_fixture, owner)
+        if not verdict:
+            return
+        self.deliver(verdict, self._item_of(owner.nodeid), test=False)
+        if self.settings.mode == "warn" and verdict.leaks:
+            text = reporting.format_message(
+                verdict.leaks, subject=f"fixture {owner.fixture!r}"
+            )
+            warnings.warn(reporting.ZombieWarning(text), stacklevel=1)
 
-        root = self.config.rootpath
-        return [leftover_record(r, root) for r in records]
+    # --- the end of collection and of the session ----------------------------
 
-    # --- faults -----------------------------------------------------------------
+    def finish_collection(self) -> None:
+        verdict = self.guarded(self.tracker.end_collection)
+        if verdict:
+            self.deliver(verdict, None, test=False)
 
-    def guarded(self, func: Callable[..., T], *args: Any) -> T | None:
+    def finish_session(self) -> None:
+        """Judge what died after the last check, and what threads still hold."""
+        tracker = self.tracker
+        verdict = self.guarded(tracker.final_sweep) or Verdict()
+        if self.settings.running != "ignore":
+            verdict.running.extend(self.guarded(tracker.running_leftovers) or [])
+        if verdict:
+            self.deliver(verdict, None, test=False)
+        self.results.outside.extend(self.results.pending)  # found after the last report
+        self.results.pending.clear()
+
+    # --- faults --------------------------------------------------------------
+
+    def guarded(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         """Run a check; an internal error turns the checks off with one warning."""
         if not self.enabled:
             return None
+        if self.tracker.failure is not None:  # raised inside a spawn wrapper
+            self.disable(self.tracker.failure)
+            return None
         try:
-            return func(*args)
+            return func(*args, **kwargs)
         except Exception as exc:  # never let a bug of ours crash the run
             self.disable(exc)
             return None
 
     def disable(self, exc: Exception) -> None:
         self.enabled = False
+        self._item = None
         self.config.pluginmanager.unregister(self)
-        spawns.uninstall(self.tracker.registry)
+        self.tracker.stop_recording()
         warnings.warn(disabled_warning(exc), stacklevel=1)
 
 
-def pytest_phase(nodeid: str) -> str | None:
-    """The phase test ``nodeid`` is in, as pytest itself announces it.
+def new_tracker(config: pytest.Config, settings: Settings) -> Tracker:
+    return Tracker(
+        grace=settings.grace,
+        root=config.rootpath,
+        not_user_code=_not_user_code(),
+        stack_stop=_runner_folders(),
+        ignore=settings.ignore,
+        adopt_orphans=settings.subreaper,
+        running_fails=settings.running == "fail",
+    )
 
-    pytest sets ``PYTEST_CURRENT_TEST`` to ``"<nodeid> (<phase>)"`` as each
-    phase starts. It is read only when a child is spawned, so that no hook
-    has to run at the start of every test's call phase. ``None`` if the
-    variable is gone or names another test (a test removed it; an in-process
-    pytester run set and removed its own): the owner's phase is then guessed
-    (see ``SpawnRegistry.spawn_owner``).
-    """
-    value = os.environ.get("PYTEST_CURRENT_TEST", "")
-    prefix = len(nodeid) + 2
-    if not value.startswith(nodeid) or value[len(nodeid) : prefix] != " (":
-        return None
-    phase = value[prefix:-1] if value.endswith(")") else ""
-    return phase if phase in ("setup", "call", "teardown") else None
+
+def _folders(modules: Sequence[object]) -> tuple[str, ...]:
+    return tuple(
+        os.path.join(os.path.dirname(getattr(m, "__file__", "") or ""), "")
+        for m in modules
+    )
+
+
+def _runner_folders() -> tuple[str, ...]:
+    """pytest's and pluggy's folders: a spawn's stack need not go past them."""
+    return _folders((_pytest, pluggy))
+
+
+def _not_user_code() -> tuple[str, ...]:
+    """Folders whose frames are never "the line that spawned it"."""
+    paths = sysconfig.get_paths()
+    folders = {
+        os.path.join(paths[k], "")
+        for k in ("stdlib", "platstdlib", "purelib", "platlib")
+    }
+    # pytest, pluggy and this plugin live in site-packages already, except
+    # in a development install.
+    folders.update(_folders((_pytest, pytest, pluggy, reporting)))
+    return tuple(sorted(folders))
 
 
 def disabled_warning(exc: Exception) -> pytest.PytestWarning:

@@ -1,4 +1,7 @@
-"""The ``allow_zombies`` marker: declared, parsed and checked in one place."""
+"""The ``allow_zombies`` marker: declared, parsed and checked in one place.
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 
@@ -6,26 +9,27 @@ import pytest
 
 MARKER = "allow_zombies"
 MARKER_LINE = (
-    f"{MARKER}(reason=None): let this test leave zombie child processes; "
-    "pytest-nozombies still reaps them afterwards so they cannot spill into "
-    "other tests."
+    f"{MARKER}(reason=None): let this test leave zombie (and running) child "
+    "processes; pytest-nozombies still cleans them up afterwards where that "
+    "disturbs nobody, and never blames them on other tests."
 )
 
 
 def parse(mark: pytest.Mark) -> str | None:
-    """Return the marker's reason, or raise ``ValueError`` for wrong arguments."""
-    if mark.args:
-        raise ValueError(
-            f"takes no positional arguments, got {mark.args!r}; "
-            f'use @pytest.mark.{MARKER}(reason="...")'
-        )
+    """Return the marker's reason (positional, as ``skip`` and ``xfail`` take
+    it, or ``reason=``), or raise ``ValueError`` for wrong arguments."""
+    usage = f'use @pytest.mark.{MARKER}("why") or @pytest.mark.{MARKER}(reason="why")'
     unknown = set(mark.kwargs) - {"reason"}
     if unknown:
         raise ValueError(
             f"got unexpected keyword argument(s) {', '.join(sorted(unknown))}; "
-            "the only one accepted is reason"
+            f"the only one accepted is reason; {usage}"
         )
-    reason = mark.kwargs.get("reason")
+    if len(mark.args) > 1 or (mark.args and "reason" in mark.kwargs):
+        raise ValueError(
+            f"takes one reason, got {mark.args!r} {mark.kwargs!r}; {usage}"
+        )
+    reason = mark.args[0] if mark.args else mark.kwargs.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise ValueError(f"reason must be a string, got {reason!r}")
     return reason

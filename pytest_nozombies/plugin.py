@@ -1,118 +1,107 @@
-"""pytest hooks of the session: a table of contents.
+"""pytest-nozombies: when each part runs. How is in the other modules.
 
-* ``pytest_configure`` resolves the settings and, when there is anything to
-  check, starts recording spawns and registers the per-test checks
-  (checks.py).
-* Markers are validated once collection is done (markers.py).
-* At the session's end: children that died after the last check, running
-  leftovers, the exit code, the JSON report (results.py) and the terminal
-  summary (reporting.py).
+* ``pytest_load_initial_conftests``, before the first conftest is imported:
+  the settings are resolved (settings.py) and spawns are recorded from then
+  on (spawns.py, tracker.py); the collection owns what is spawned while
+  conftests and test modules are imported.
+* ``pytest_configure``: the checks around every test and fixture (checks.py)
+  where tests run, the collecting of findings (results.py) where they are
+  reported, and the hooks for pytest-xdist and pytest-timeout.
+* Collection's end: what the imports left is judged.
+* The session's end: a last look, the exit status, the closing line and the
+  summary (reporting.py), the JSON report (report_file.py).
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Generator, Iterator
 
 import pytest
 
-from . import __version__, markers, processes, results, settings
-
-if TYPE_CHECKING:  # imported when there is something to check
-    from .checks import TestChecks
+from . import hookspecs, markers, processes, reporting, settings
+from .checks import TestChecks, disabled_warning, new_tracker
+from .fixture import NoZombies
+from .integrations import TimeoutDeadline, XdistController
+from .leaks import FAILED_RUN
+from .results import Collector, RunResults
+from .tracker import Tracker
 
 settings_key = pytest.StashKey[settings.Settings]()
-results_key = pytest.StashKey[results.RunResults]()
-session_pid_key = pytest.StashKey[int]()
+tracker_key = pytest.StashKey[Tracker]()
+checks_key = pytest.StashKey[TestChecks]()
+results_key = pytest.StashKey[RunResults]()
 allowed_key = pytest.StashKey[markers.AllowedTests]()
-checks_key: pytest.StashKey[TestChecks] = pytest.StashKey()
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     settings.add_options(parser)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    _start(early_config)
+
+
+def _start(config: pytest.Config) -> None:
+    """Resolve the settings and start recording spawns (once)."""
+    namespace = config.known_args_namespace
+    if settings_key in config.stash or namespace.help or namespace.version:
+        return  # --help and --version must work even with a bad setting
+    resolved = config.stash[settings_key] = settings.resolve(config)
+    if resolved.mode == "off" or not processes.SUPPORTED:
+        return  # nothing runs per test; the JSON report is still written
+    tracker = new_tracker(config, resolved)
+    try:
+        tracker.start_recording()
+    except Exception as exc:  # e.g. /proc unreadable: degrade, never crash
+        tracker.stop_recording()
+        config.issue_config_time_warning(disabled_warning(exc), stacklevel=2)
+        return
+    config.stash[tracker_key] = tracker
+    config.add_cleanup(tracker.stop_recording)
+    tracker.start_collection()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", markers.MARKER_LINE)
     config.stash[allowed_key] = markers.AllowedTests()
     if config.option.help:
-        return  # --help must work even when a setting is wrong
-    resolved = settings.resolve(config)
-    config.stash[settings_key] = resolved
-    config.stash[session_pid_key] = os.getpid()
-    run_results = config.stash[results_key] = results.RunResults()
-    if resolved.mode == "off" or not processes.SUPPORTED:
-        return  # nothing runs per test; the JSON report is still written
+        return
+    _start(config)  # in case the plugin was registered after the conftests
+    resolved = config.stash[settings_key]
+    results = config.stash[results_key] = RunResults()
     controller = _is_xdist_controller(config)
-    # Reports that come from another process carry their leaks as records:
-    # read them as they are logged (an xdist controller, pytest-forked).
-    collect = controller or _has_pytest_forked(config)
-    if collect:
+    if not _is_worker(config):
         config.pluginmanager.register(
-            results.LeakCollector(run_results), "nozombies-results"
+            Collector(config, resolved, results), "nozombies-results"
         )
     if controller:
-        from .xdist import XdistControllerHooks
-
-        config.pluginmanager.register(
-            XdistControllerHooks(run_results), "nozombies-xdist"
-        )
+        config.pluginmanager.register(XdistController(results), "nozombies-xdist")
+    tracker = config.stash.get(tracker_key, None)
+    if tracker is None:
+        return
+    checks = config.stash[checks_key] = TestChecks(
+        config, tracker, resolved, results, config.stash[allowed_key].nodeids
+    )
+    if controller:
+        return  # it runs no test: only what its conftests spawned is judged
+    config.pluginmanager.register(checks, "nozombies-checks")
+    if config.pluginmanager.hasplugin("timeout"):
+        config.pluginmanager.register(TimeoutDeadline(tracker), "nozombies-timeout")
     if resolved.subreaper:
         _become_subreaper(config)
-    _start_checks(config, resolved, run_results, count_carried=not collect)
-
-
-def _start_checks(
-    config: pytest.Config,
-    resolved: settings.Settings,
-    run_results: results.RunResults,
-    *,
-    count_carried: bool,
-) -> None:
-    # Loaded here, not with the plugin: with --nozombies-mode=off (or nothing
-    # to check on this platform) no spawn is recorded and none of it is needed.
-    from . import spawns
-    from .checks import TestChecks, disabled_warning, pytest_phase
-    from .tracker import Tracker
-
-    registry = spawns.SpawnRegistry()
-    registry.ignore = resolved.ignore
-    registry.stack_stop = _runner_folders()
-    registry.phase_now = pytest_phase
-    config.add_cleanup(lambda: spawns.uninstall(registry))
-    try:
-        spawns.install(registry)
-    except Exception as exc:  # e.g. /proc unreadable: degrade, never crash
-        spawns.uninstall(registry)
-        config.issue_config_time_warning(disabled_warning(exc), stacklevel=2)
-        return
-    tracker = Tracker(registry, resolved.grace, adopt_orphans=resolved.subreaper)
-    checks = TestChecks(
-        config,
-        tracker,
-        resolved,
-        run_results,
-        config.stash[allowed_key].nodeids,
-        count_carried=count_carried,
-    )
-    config.stash[checks_key] = checks
-    config.pluginmanager.register(checks, "nozombies-checks")
-
-
-def _runner_folders() -> tuple[str, ...]:
-    """Folders of pytest and pluggy: a spawn stack need not go past them."""
-    import _pytest
-    import pluggy
-
-    return tuple(
-        os.path.join(os.path.dirname(m.__file__ or ""), "") for m in (_pytest, pluggy)
-    )
 
 
 def _become_subreaper(config: pytest.Config) -> None:
     from . import subreaper
 
-    # Per process, not inherited: each xdist worker runs this for itself.
+    # Per process, not inherited: each xdist worker sets its own.
     try:
         previous = subreaper.is_subreaper()
         subreaper.set_subreaper(True)
@@ -126,11 +115,6 @@ def _become_subreaper(config: pytest.Config) -> None:
 
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
-
-
-def _has_pytest_forked(config: pytest.Config) -> bool:
-    # Its option, not its plugin name ("pytest_forked"), is the stable sign.
-    return hasattr(config.option, "forked")
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
@@ -152,67 +136,116 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"nozombies: {resolved.describe()}, children read from {source}"]
 
 
+# --- collection -------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Between the initial conftests and collection only pytest runs (and,
+    # under xdist, the controller starts its workers): nobody's children.
+    tracker = session.config.stash.get(tracker_key, None)
+    if tracker is not None:
+        tracker.stop_owning()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection(session: pytest.Session) -> Generator[None, object, object]:
+    config = session.config
+    tracker = config.stash.get(tracker_key, None)
+    if tracker is not None:
+        tracker.start_collection()
+    try:
+        return (yield)
+    finally:
+        checks = config.stash.get(checks_key, None)
+        if checks is not None and checks.enabled:
+            checks.set_items(session.items)
+            checks.finish_collection()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]
 ) -> None:
     # Every collected item in every mode, before -k, -m or --lf deselect any:
-    # a typo never hides. Which tests are allowed is decided here once, not at
-    # each run; one call for all items rather than a hook call per item.
+    # a typo never hides. Which tests are allowed is decided here, once.
     check = config.stash[allowed_key].check
     for item in items:
         check(item)
 
 
-# --- the end of the session -------------------------------------------------------
+# --- the fixture ------------------------------------------------------------
+
+
+@pytest.fixture
+def nozombies(request: pytest.FixtureRequest) -> Iterator[NoZombies]:
+    """Check this test's children mid-test (``check()``), assert that a
+    process under test reaps its children (``assert_no_zombies(pid)``), and
+    list the children (``children()``). See the configuration reference."""
+    config = request.config
+    item = request.node
+    assert isinstance(item, pytest.Item)
+    tracker = config.stash.get(tracker_key, None)
+    checks = config.stash.get(checks_key, None)
+    if tracker is not None and checks is not None and checks.enabled:
+        yield NoZombies(item, tracker, checks)
+        return
+    # The mode is off: follow this test's own spawns, and judge as "fail".
+    resolved = config.stash[settings_key]._replace(mode="fail")
+    own = new_tracker(config, resolved)
+    own.start_recording()
+    try:
+        own.start_test(
+            item.nodeid,
+            allowed=False,
+            test_file=str(item.path),
+            test_site=item.location[0],
+        )
+        own.enter_phase("call")
+        yield NoZombies(
+            item,
+            own,
+            TestChecks(config, own, resolved, config.stash[results_key], set()),
+        )
+    finally:
+        own.stop_recording()
+
+
+# --- the end of the session -------------------------------------------------
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    # trylast: runs after the runner has torn down the session's fixtures.
+    # trylast: after the runner has torn down the session's fixtures.
     config = session.config
-    if config.stash.get(settings_key, None) is None:
+    results = config.stash.get(results_key, None)
+    if results is None:
         return
-    resolved = config.stash[settings_key]
-    run_results = config.stash[results_key]
-    if config.stash.get(session_pid_key, None) != os.getpid():
+    tracker = config.stash.get(tracker_key, None)
+    if tracker is not None and not tracker.in_session_process():
         return  # a test forked and its child returned into pytest: not ours
     checks = config.stash.get(checks_key, None)
-    leftover = checks.finish_session() if checks is not None else []
-    late = run_results.take_pending()  # found after the last report
+    if checks is not None:
+        checks.finish_session()
     if _is_worker(config):
-        output: dict[str, Any] = getattr(config, "workeroutput", {})
-        output[results.REPORT_ATTRIBUTE] = late
-        output["nozombies_running"] = leftover
+        output = getattr(config, "workeroutput", {})
+        output[RunResults.WORKER_OUTPUT] = [leak.to_json() for leak in results.outside]
         return
-    run_results.leaks.extend(late)
-    run_results.running.extend(leftover)
-    # A leak that failed its test is in that test's outcome already (and a
-    # rerun that passes must leave the run green); the others only here.
-    failing = any(r["verdict"] == "failed-run" for r in run_results.leaks)
-    if resolved.running == "fail" and run_results.running:
-        failing = True
-    if failing and session.exitstatus == pytest.ExitCode.OK:
-        # Late, fixture and running leftovers were found after their test had
-        # reported: only the exit code can still say so.
+    for leak in results.outside:
+        results.add(leak)
+    results.outside.clear()
+    failed_run = any(leak.verdict == FAILED_RUN for leak in results.all())
+    if failed_run and session.exitstatus == pytest.ExitCode.OK:
+        # Found after their test reported: only the exit status can say so.
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    if resolved.report is not None:
-        metadata = {
-            "plugin_version": __version__,
-            "pytest_version": pytest.__version__,
-            "settings": resolved.as_json(),
-        }
-        document = results.report_document(
-            run_results, metadata, int(session.exitstatus)
-        )
-        results.write_json_atomically(resolved.report, document)
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        terminal.stats.update(reporting.summary_stats(results.leaks, results.running))
 
 
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
-    run_results = config.stash.get(results_key, None)
-    if run_results is not None and (run_results.leaks or run_results.running):
-        from .reporting import write_summary
-
-        write_summary(terminalreporter, run_results.leaks, run_results.running)
+    results = config.stash.get(results_key, None)
+    if results is not None:
+        reporting.write_summary(terminalreporter, results.leaks, results.running)

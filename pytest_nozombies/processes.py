@@ -1,68 +1,45 @@
 """What the operating system says about this process's children.
 
-This layer imports nothing from pytest: it answers questions about real
-processes (which children exist, which are zombies, how one ended) and can be
-tested and reused on its own.
+No pytest here: this layer answers questions about real processes (which
+children exist, which are zombies, how one ended, which threads wait for
+which child) and can be tested and reused on its own.
 
-Every question is answered without reaping: ``os.waitid(..., WNOWAIT)`` reads a
-zombie's exit status and leaves it in place, so code under test that still
-intends to wait for its child gets the status it expects.
+Nothing here reaps. ``os.waitid(..., WNOWAIT)`` reads a zombie's exit status
+and leaves it in place, so code under test that still means to wait for its
+child gets the status it expects. Nothing here keeps a descriptor open past
+its own call.
 
-Linux reads ``/proc/self/task/*/children``, which lists only our own children,
-so its cost does not depend on how many processes the machine runs. Other
-POSIX systems fall back to psutil, which scans every process.
+Linux reads ``/proc/self/task/*/children``, which lists only our own
+children, so the cost does not depend on how many processes the machine
+runs. Other POSIX systems fall back to psutil.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations
 
 import os
-import select
+import platform
 import signal
 import sys
-import time
-from collections.abc import Iterable
+import threading
 from typing import Literal, NamedTuple
 
 #: Platforms where a child can become a zombie at all.
 SUPPORTED = os.name == "posix"
 
 _HAS_WAITID = hasattr(os, "waitid")
-_HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(select, "poll")
-# "self", not the pid at import: a forked copy (pytest-forked) lists its own.
-_PROC_TASKS = "/proc/self/task"
+_NON_REAPING = (os.WEXITED | os.WNOHANG | os.WNOWAIT) if _HAS_WAITID else 0
 
 
 def _proc_children_available() -> bool:
     # CONFIG_PROC_CHILDREN is off on some kernels; then only psutil can tell.
-    try:
-        return os.path.exists(f"/proc/self/task/{os.getpid()}/children")
-    except OSError:  # pragma: no cover - /proc unreadable
-        return False
+    return os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 
 
 USES_PROC = sys.platform.startswith("linux") and _proc_children_available()
 
 ChildStatus = Literal["running", "zombie", "gone"]
-
-
-# NamedTuples rather than dataclasses: the plugin is imported by every pytest
-# run, and a dataclass costs several times more to define.
-
-
-class ChildIdentity(NamedTuple):
-    """A child as the kernel knows it: a pid is only unique with its start time."""
-
-    pid: int
-    start_time: float
-
-
-class ChildState(NamedTuple):
-    """One reading of a child: who it is, whether it has exited, its name."""
-
-    identity: ChildIdentity
-    zombie: bool
-    name: str
-    parent: int
 
 
 class ExitStatus(NamedTuple):
@@ -72,122 +49,129 @@ class ExitStatus(NamedTuple):
     signal: int | None = None
     core_dumped: bool = False
 
+    @property
+    def signal_name(self) -> str | None:
+        if self.signal is None:
+            return None
+        try:
+            return signal.Signals(self.signal).name
+        except ValueError:
+            return f"signal {self.signal}"
+
     def describe(self) -> str:
         if self.signal is not None:
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = f"signal {self.signal}"
             dumped = ", core dumped" if self.core_dumped else ""
-            return f"killed by {name} ({self.signal}){dumped}"
+            return f"killed by {self.signal_name} ({self.signal}){dumped}"
         return f"exited with code {self.code}"
 
     @classmethod
     def from_wait_status(cls, status: int) -> ExitStatus:
-        """Decode a status word from ``os.waitpid``."""
+        """Decode a status word as ``os.waitpid`` returns it."""
         if os.WIFSIGNALED(status):
             return cls(signal=os.WTERMSIG(status), core_dumped=os.WCOREDUMP(status))
         return cls(code=os.WEXITSTATUS(status))
 
+    @classmethod
+    def from_returncode(cls, code: int) -> ExitStatus:
+        """Decode ``Popen.returncode`` / ``Process.exitcode`` (negative: a signal)."""
+        return cls(signal=-code) if code < 0 else cls(code=code)
 
-# --- Linux /proc readers -----------------------------------------------------
+
+class Stat(NamedTuple):
+    """One reading of a process: its state letter, name, parent, group, start."""
+
+    state: str
+    name: str
+    parent: int
+    group: int
+    #: Clock ticks after boot: with the pid, it names one process for good.
+    start_time: float
+    #: The wait status it exited with, for a zombie (Linux 3.5+); else None.
+    exit_code: int | None
+
+    @property
+    def zombie(self) -> bool:
+        return self.state in ("Z", "X")
 
 
-def _read_stat(pid: int) -> tuple[str, str, int, float] | None:
-    """Return ``(state, name, parent pid, start_time)`` from ``/proc/PID/stat``."""
+# --- reading one process ----------------------------------------------------
+
+
+def _read_file(path: str) -> bytes | None:
+    # os.open/os.read rather than open(): a third of the cost, and this runs
+    # once for every child spawned.
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-    # The name sits in parentheses and may itself contain ") ", so split on the
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _parse_stat(raw: bytes) -> Stat | None:
+    # The name sits in parentheses and may itself contain ") ": split on the
     # last one.
     head, _, tail = raw.rpartition(b")")
-    name = head.partition(b"(")[2].decode(errors="replace")
     fields = tail.split()
-    if len(fields) < 20:  # pragma: no cover - truncated read
+    if len(fields) < 20:
         return None
-    return fields[0].decode(), name, int(fields[1]), float(fields[19])
+    name = head.partition(b"(")[2].decode(errors="backslashreplace")
+    exit_code = int(fields[49]) if len(fields) > 49 else None
+    return Stat(
+        fields[0].decode(),
+        name,
+        int(fields[1]),
+        int(fields[2]),
+        float(fields[19]),
+        exit_code,
+    )
 
 
-def _linux_child_pids() -> list[int]:
-    pids: list[int] = []
-    # A child is listed under the thread that created it, so read every
-    # thread's file, not only the main thread's. An unreadable task list is
-    # an error for the caller to report, never an empty answer.
-    for tid in os.listdir(_PROC_TASKS):
-        try:
-            with open(f"{_PROC_TASKS}/{tid}/children", "rb") as f:
-                pids.extend(int(p) for p in f.read().split())
-        except OSError:  # the thread ended while we were listing
-            continue
-    return pids
-
-
-# --- psutil fallback ------------------------------------------------------------
-
-
-def _psutil_child_pids() -> list[int]:
-    import psutil
-
-    return [p.pid for p in psutil.Process().children(recursive=False)]
-
-
-def _psutil_state(pid: int) -> ChildState | None:
+def _psutil_stat(pid: int) -> Stat | None:
     import psutil
 
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
-            return ChildState(
-                ChildIdentity(pid, proc.create_time()),
-                proc.status() == psutil.STATUS_ZOMBIE,
+            zombie = proc.status() == psutil.STATUS_ZOMBIE
+            return Stat(
+                "Z" if zombie else "R",
                 proc.name(),
                 proc.ppid(),
+                os.getpgid(pid) if not zombie else 0,
+                proc.create_time(),
+                None,
             )
     except (psutil.Error, OSError):
         return None
 
 
-# --- public API -----------------------------------------------------------------
+def read_stat(pid: int) -> Stat | None:
+    """Read process ``pid``; ``None`` if it no longer exists."""
+    if not USES_PROC:
+        return _psutil_stat(pid)
+    raw = _read_file(f"/proc/{pid}/stat")
+    return None if raw is None else _parse_stat(raw)
 
 
-def child_pids() -> list[int]:
-    """Pids of this process's direct children, alive or zombie."""
-    if USES_PROC:
-        return _linux_child_pids()
-    return _psutil_child_pids()
-
-
-def read_child(pid: int) -> ChildState | None:
-    """Read one child's identity and state; ``None`` if it no longer exists."""
-    if USES_PROC:
-        stat = _read_stat(pid)
-        if stat is None:
-            return None
-        state, name, parent, start = stat
-        return ChildState(ChildIdentity(pid, start), state in ("Z", "X"), name, parent)
-    return _psutil_state(pid)
-
-
-def identify(pid: int) -> ChildIdentity | None:
-    """Identity (pid and start time) of a live or zombie process."""
-    state = read_child(pid)
-    return None if state is None else state.identity
+def start_time(pid: int) -> float | None:
+    """When process ``pid`` started: with its pid, the identity of a child."""
+    stat = read_stat(pid)
+    return None if stat is None else stat.start_time
 
 
 def read_cmdline(pid: int) -> tuple[str, ...] | None:
-    """Command line of a live process; a zombie's is empty, so ``None``."""
+    """Command line of a live process (a zombie has none), as ``os.fsdecode``
+    gives it: bytes that are not UTF-8 become lone surrogates, losslessly."""
     if USES_PROC:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                raw = f.read()
-        except OSError:
+        raw = _read_file_whole(f"/proc/{pid}/cmdline")
+        if not raw:
             return None
-        parts = raw.split(b"\0")
-        if parts and parts[-1] == b"":
-            parts.pop()
-        return tuple(p.decode(errors="replace") for p in parts) or None
+        return tuple(os.fsdecode(part) for part in raw.rstrip(b"\0").split(b"\0"))
     import psutil
 
     try:
@@ -196,173 +180,210 @@ def read_cmdline(pid: int) -> tuple[str, ...] | None:
         return None
 
 
-def children_now() -> Literal["none", "running", "exited"]:
-    """One non-reaping ``waitid``, whatever the load: does this process have no
-    children at all, only running ones, or at least one that has exited?
+def _read_file_whole(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
-    Where ``os.waitid`` is missing (macOS before Python 3.13) this cannot be
-    known cheaply, so it answers ``exited`` and the caller scans.
+
+# --- this process's children ------------------------------------------------
+
+
+def child_pids() -> list[int]:
+    """Pids of this process's direct children, alive or zombie."""
+    if not USES_PROC:
+        import psutil
+
+        return [p.pid for p in psutil.Process().children(recursive=False)]
+    pids: list[int] = []
+    # A child is listed under the thread that created it, so read every
+    # thread's file. An unreadable task list is an error for the caller,
+    # never an empty answer.
+    for tid in os.listdir("/proc/self/task"):
+        raw = _read_file(f"/proc/self/task/{tid}/children")
+        if raw:
+            pids.extend(int(p) for p in raw.split())
+    return pids
+
+
+def children_now() -> Literal["none", "running", "exited"]:
+    """One non-reaping ``waitid``: no children at all, only running ones, or
+    at least one that has exited? (Without ``os.waitid``, macOS before Python
+    3.13, it cannot tell cheaply and answers ``exited`` so the caller looks.)
     """
     if not _HAS_WAITID:
         return "exited"
     try:
-        found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        found = os.waitid(os.P_ALL, 0, _NON_REAPING)
     except ChildProcessError:  # no children at all, or SIGCHLD ignored
         return "none"
     return "running" if found is None else "exited"
 
 
-def any_child_exited() -> bool:
-    """Whether some child is a zombie: one system call (see ``children_now``)."""
-    return children_now() == "exited"
-
-
-def zombie_children() -> list[ChildState]:
-    """Every child that has exited and not been reaped, oldest pid first."""
-    if not any_child_exited():
-        return []
-    states = (read_child(pid) for pid in child_pids())
-    return sorted(
-        (s for s in states if s is not None and s.zombie),
-        key=lambda s: s.identity,
-    )
-
-
-def snapshot_zombies() -> frozenset[ChildIdentity]:
-    """Identities of the current zombie children (usually none, for one call)."""
-    return frozenset(s.identity for s in zombie_children())
-
-
 def child_status(pid: int) -> ChildStatus:
     """``running``, ``zombie`` or ``gone`` (reaped, or never ours), non-reaping."""
-    if _HAS_WAITID:
-        try:
-            result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
+    if not _HAS_WAITID:
+        stat = _psutil_stat(pid)
+        if stat is None or stat.parent != os.getpid():
             return "gone"
-        return "running" if result is None else "zombie"
-    state = _psutil_state(pid)  # pragma: no cover - macOS before 3.13
-    if state is None:  # pragma: no cover
-        return "gone"
-    return "zombie" if state.zombie else "running"  # pragma: no cover
-
-
-# --- handles: a child pinned down exactly, whatever becomes of its pid --------
-
-
-_HAS_PIDFD_WAIT = _HAS_PIDFD and hasattr(os, "P_PIDFD") and _HAS_WAITID
-
-
-def open_handle(pid: int) -> int | None:
-    """A pidfd for child ``pid``: it names that very process, never a later
-    one that reuses the pid. ``None`` where pidfds do not exist (or the child
-    is already gone); then callers identify children by start time instead.
-    """
-    if not _HAS_PIDFD_WAIT:
-        return None
+        return "zombie" if stat.zombie else "running"
     try:
-        return os.pidfd_open(pid)
-    except OSError:
-        return None
-
-
-def handle_status(handle: int) -> ChildStatus:
-    """``running``, ``zombie`` or ``gone`` for the child behind ``handle``."""
-    try:
-        result = os.waitid(os.P_PIDFD, handle, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        found = os.waitid(os.P_PID, pid, _NON_REAPING)
     except ChildProcessError:
         return "gone"
-    return "running" if result is None else "zombie"
-
-
-def close_handle(handle: int) -> None:
-    # Not contextlib.suppress: this runs once per spawned child, and the
-    # context manager costs three Python calls.
-    try:  # noqa: SIM105
-        os.close(handle)
-    except OSError:  # already closed
-        pass
+    return "running" if found is None else "zombie"
 
 
 def exit_status(pid: int) -> ExitStatus | None:
-    """How a zombie child ended, read without reaping it.
-
-    ``None`` if it is not a zombie child or the platform cannot tell without
-    reaping (macOS before Python 3.13).
-    """
-    if not _HAS_WAITID:  # pragma: no cover
+    """How the zombie child ``pid`` ended, read without reaping it; ``None``
+    if it is not a zombie child of ours (or the platform cannot tell)."""
+    if not _HAS_WAITID:
         return None
     try:
-        result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        found = os.waitid(os.P_PID, pid, _NON_REAPING)
     except ChildProcessError:
         return None
-    if result is None:
+    if found is None:
         return None
-    if result.si_code == os.CLD_EXITED:
-        return ExitStatus(code=result.si_status)
+    if found.si_code == os.CLD_EXITED:
+        return ExitStatus(code=found.si_status)
     return ExitStatus(
-        signal=result.si_status, core_dumped=result.si_code == os.CLD_DUMPED
+        signal=found.si_status, core_dumped=found.si_code == os.CLD_DUMPED
     )
 
 
-def reap(pid: int) -> ExitStatus | None:
-    """Collect a zombie child; ``None`` if it was not ours to collect."""
+def zombie_children() -> list[tuple[int, Stat]]:
+    """Every child that has exited and not been reaped, oldest first."""
+    if children_now() != "exited":
+        return []
+    found = []
+    for pid in child_pids():
+        stat = read_stat(pid)
+        if stat is not None and stat.zombie:
+            found.append((pid, stat))
+    return sorted(found, key=lambda item: item[1].start_time)
+
+
+# --- other processes' children (for tests of code that manages processes) ---
+
+
+def zombie_children_of(pid: int) -> list[tuple[int, Stat]]:
+    """The zombie children of any process we may read (psutil)."""
+    import psutil
+
     try:
-        reaped, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return None
-    if reaped == 0:
-        return None
-    return ExitStatus.from_wait_status(status)
+        children = psutil.Process(pid).children(recursive=False)
+    except psutil.Error:
+        return []
+    found = []
+    for child in children:
+        stat = read_stat(child.pid)
+        if stat is not None and stat.zombie and stat.parent == pid:
+            found.append((child.pid, stat))
+    return found
 
 
-def wait_for_exit(pids: Iterable[int], timeout: float) -> None:
-    """Block until every child in ``pids`` has exited, or ``timeout`` passes.
+# --- threads that wait for children -----------------------------------------
 
-    Nothing is reaped. On Linux a pidfd per child makes this an exact wait in
-    the kernel; elsewhere it polls with a short, growing interval.
+# System call numbers of wait4 and waitid, for the architectures whose
+# numbers are known here; elsewhere no thread is seen waiting.
+_WAIT_SYSCALLS = {
+    "x86_64": (61, 247),
+    "aarch64": (260, 95),
+    "riscv64": (260, 95),
+    "arm64": (260, 95),
+}.get(platform.machine(), (-1, -1))
+_P_ALL, _P_PID, _P_PGID, _P_PIDFD = 0, 1, 2, 3
+
+
+class WaitTargets(NamedTuple):
+    """What the process's other threads are blocked waiting for, right now."""
+
+    pids: frozenset[int]
+    groups: frozenset[int]
+    any_child: bool
+    #: How many other threads the process has (0: nobody else can collect).
+    threads: int
+
+    def covers(self, pid: int, group: int | None) -> bool:
+        """Whether some thread is blocked in a wait that will collect ``pid``."""
+        return self.any_child or pid in self.pids or group in self.groups
+
+
+NO_WAITERS = WaitTargets(frozenset(), frozenset(), False, 0)
+
+
+def wait_targets() -> WaitTargets:
+    """Which children the process's *other* threads are blocked waiting for.
+
+    Linux shows each thread's current system call and its arguments in
+    ``/proc/self/task/TID/syscall``: a thread inside ``wait4`` or ``waitid``
+    will collect the child it names (or any child) as soon as it can.
     """
-    waiting = [pid for pid in pids if child_status(pid) == "running"]
-    if not waiting or timeout <= 0:
-        return
-    deadline = time.monotonic() + timeout
-    if _HAS_PIDFD:
-        _wait_pidfds(waiting, deadline)
-        return
-    _poll_until_exited(waiting, deadline)  # pragma: no cover - not Linux
+    if not USES_PROC:
+        return WaitTargets(
+            frozenset(), frozenset(), False, threading.active_count() - 1
+        )
+    me = str(threading.get_native_id())
+    pids: set[int] = set()
+    groups: set[int] = set()
+    any_child = False
+    threads = 0
+    for tid in os.listdir("/proc/self/task"):
+        if tid == me:
+            continue
+        threads += 1
+        raw = _read_file(f"/proc/self/task/{tid}/syscall")
+        target = _wait_target(raw) if raw else None
+        if target is None:
+            continue
+        kind, value = target
+        if kind == "any":
+            any_child = True
+        elif kind == "pid":
+            pids.add(value)
+        else:
+            groups.add(value)
+    return WaitTargets(frozenset(pids), frozenset(groups), any_child, threads)
 
 
-def _wait_pidfds(pids: list[int], deadline: float) -> None:
-    poller = select.poll()
-    fds: list[int] = []
-    try:
-        for pid in pids:
-            try:
-                fd = os.pidfd_open(pid)
-            except OSError:  # already gone, or no pidfd support in the kernel
-                if child_status(pid) == "running":
-                    _poll_until_exited([pid], deadline)
-                continue
-            fds.append(fd)
-            poller.register(fd, select.POLLIN)
-        remaining = len(fds)
-        while remaining:
-            left_ms = (deadline - time.monotonic()) * 1000
-            if left_ms <= 0:
-                return
-            for fd, _event in poller.poll(left_ms):
-                poller.unregister(fd)
-                remaining -= 1
-    finally:
-        for fd in fds:
-            os.close(fd)
+def _wait_target(raw: bytes) -> tuple[str, int] | None:
+    fields = raw.split()
+    if len(fields) < 3 or not fields[0].isdigit():
+        return None  # "running", or not in a system call
+    number = int(fields[0])
+    if number not in _WAIT_SYSCALLS:
+        return None
+    first, second = _int32(fields[1]), _int32(fields[2])
+    if number == _WAIT_SYSCALLS[0]:  # wait4(pid, ...)
+        if first == -1:
+            return ("any", 0)
+        if first == 0:
+            return ("group", os.getpgrp())
+        return ("pid", first) if first > 0 else ("group", -first)
+    if first == _P_ALL:  # waitid(idtype, id, ...)
+        return ("any", 0)
+    if first == _P_PID:
+        return ("pid", second)
+    if first == _P_PGID:
+        return ("group", second or os.getpgrp())
+    if first == _P_PIDFD:
+        pid = _pidfd_pid(second)
+        return ("pid", pid) if pid is not None else None
+    return None
 
 
-def _poll_until_exited(pids: list[int], deadline: float) -> None:
-    interval = 0.0005
-    while any(child_status(pid) == "running" for pid in pids):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        time.sleep(min(interval, left))
-        interval = min(interval * 2, 0.05)
+def _int32(field: bytes) -> int:
+    # Registers print as 64-bit hex; the argument is a C int.
+    value = int(field, 16) & 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _pidfd_pid(fd: int) -> int | None:
+    raw = _read_file(f"/proc/self/fdinfo/{fd}")
+    for line in (raw or b"").splitlines():
+        if line.startswith(b"Pid:"):
+            return int(line.split()[1])
+    return None

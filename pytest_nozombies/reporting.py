@@ -1,23 +1,33 @@
-"""Everything the user reads: leak messages, the warning, the summary."""
+"""Everything the user reads, rendered from ``Leak`` records: the message of
+a failing test or a warning, the terminal summary, JUnit XML properties and
+the JSON report.
+
+Text that came from a child (its command line, its name) can hold anything:
+in every text output, control characters are escaped and a long command
+line is shortened, with a note of how much was cut.
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 
-import functools
-import os
-import shlex
+import platform
+import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import _pytest
-import pluggy
 import pytest
 
-from . import processes
-from .spawns import Frame, Owner, SpawnRecord, iter_user_frames
-from .tracker import Leak
+from .leaks import FAILED_RUN, RETRIED, Leak
 
-T = TypeVar("T")
+SCHEMA_ID = "pytest-nozombies-report"
+SCHEMA_VERSION = 2
+#: Attribute set on reports; survives xdist's and pytest-forked's serialization.
+REPORT_ATTRIBUTE = "nozombies_leaks"
+#: JUnit XML property name, one per finding.
+PROPERTY_NAME = "nozombies_leak"
+#: Longest command line shown in text output, in characters.
+COMMAND_LIMIT = 300
 
 
 class ZombieWarning(pytest.PytestWarning):
@@ -26,193 +36,158 @@ class ZombieWarning(pytest.PytestWarning):
     __module__ = "pytest_nozombies"
 
 
-HINT = (
+ZOMBIE_HINT = (
     "Wait for every child you start (Popen.wait() or a with-block, "
     "Process.join(), os.waitpid()), or mark the test "
     "@pytest.mark.allow_zombies(reason=...)."
 )
+RUNNING_HINT = (
+    "Stop and wait for every child a test starts before it ends (terminate() "
+    "then wait(), Process.join()), or mark the test "
+    "@pytest.mark.allow_zombies(reason=...)."
+)
 
 
-_FORKS = ("os.fork", "os.forkpty")
+def readable(text: str, limit: int | None = None) -> str:
+    """``text`` with control characters escaped (``\\x1b``, ``\\n``), bytes
+    that were not UTF-8 shown as ``\\xNN``, and cut after ``limit`` characters."""
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+    if limit is not None and len(text) > limit:
+        cut = len(text) - limit
+        text = f"{text[:limit]}... ({cut:,} more characters)"
+    return text
 
 
-@functools.cache
-def _not_user_code() -> tuple[str, ...]:
-    """Folders whose frames are never "the line that spawned it"."""
-    import sysconfig
-
-    paths = sysconfig.get_paths()
-    folders = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    # pytest, pluggy and this plugin usually live in site-packages already, but
-    # not in a development checkout.
-    for module in (_pytest, pytest, pluggy, processes):
-        folders.add(os.path.dirname(module.__file__ or ""))
-    return tuple(sorted(os.path.join(f, "") for f in folders if f))
+def _escape(ch: str) -> str:
+    if "\udc80" <= ch <= "\udcff":  # a byte os.fsdecode could not decode
+        return f"\\x{ord(ch) - 0xDC00:02x}"
+    return ch.encode("unicode_escape").decode("ascii")
 
 
-def _relative(filename: str, root: Path) -> str:
-    try:
-        return str(Path(filename).relative_to(root))
-    except ValueError:
-        return filename
+def _plural(count: int, singular: str, plural: str) -> str:
+    return f"{count} {singular if count == 1 else plural}"
 
 
-def describe_command(leak: Leak) -> str:
-    """The command line captured at spawn time, or the best the OS can say."""
-    if leak.argv and leak.how not in _FORKS:
-        return shlex.join(leak.argv)
-    if leak.how == "unknown":
-        return (
-            f"[{leak.name}] (not spawned through Python, parent pid "
-            f"{leak.parent}: command line unknown)"
-        )
-    # A forked child runs this interpreter's code; its name is what it last
-    # exec'd, if anything.
-    return f"[{leak.name}] (forked by {leak.how})"
+# --- one finding ------------------------------------------------------------
 
 
-def describe_site(leak: Leak, root: Path) -> str:
-    return _site_of(leak.stack, root, default="spawn site unknown")
+def _site(leak: Leak) -> str:
+    if leak.spawn_site is not None:
+        return readable(leak.spawn_site)
+    return f"unknown ({readable(leak.site_note or 'no frame of your code')})"
 
 
-def _site_of(stack: tuple[Frame, ...], root: Path, default: T) -> str | T:
-    """``path:line`` of the innermost frame in the user's own code."""
-    frame = next(iter_user_frames(stack, _not_user_code()), None)
-    if frame is None:
-        return default
-    return f"{_relative(frame.filename, root)}:{frame.lineno}"
-
-
-def format_leak(leak: Leak, root: Path, verbosity: int = 0) -> str:
-    ended = leak.ended.describe() if leak.ended else "exit status unknown"
-    lines = [
-        f"pid {leak.pid}: {describe_command(leak)}",
-        f"  ended: {ended}",
-        f"  spawned by: {leak.how} during {leak.owner.describe()}",
-        f"  spawned at: {describe_site(leak, root)}",
-    ]
+def format_leak(leak: Leak, verbosity: int = 0) -> str:
+    """One finding as a short block: what, how it ended, who, where."""
+    thread = f" from thread {readable(repr(leak.thread))}" if leak.thread else ""
+    lines = [f"pid {leak.pid}: {readable(leak.command, COMMAND_LIMIT)}"]
+    if leak.ended is not None:
+        lines.append(f"  ended: {leak.ended.text}")
+    lines.append(
+        f"  spawned by: {leak.spawned_by}{thread} during {readable(leak.owner.text)}"
+    )
+    lines.append(f"  spawned at: {_site(leak)}")
+    if leak.test_site:
+        lines.append(f"  via: {readable(leak.test_site)}")
     if leak.late:
-        lines.append(f"  found late, while {leak.found_during} ran")
+        lines.append(f"  found late, while {readable(leak.found_during or '?')} ran")
+    lines.extend(f"  note: {readable(detail)}" for detail in leak.details)
     if verbosity >= 2 and leak.stack:
         lines.append("  stack (most recent call last):")
-        lines.extend(
-            f"    {_relative(f.filename, root)}:{f.lineno} in {f.function}"
-            for f in reversed(leak.stack)
-        )
+        lines.extend(f"    {readable(frame)}" for frame in leak.stack)
     return "\n".join(lines)
 
 
-def format_test_leaks(leaks: Sequence[Leak], root: Path, verbosity: int = 0) -> str:
-    count = len(leaks)
-    noun = "zombie child process" if count == 1 else "zombie child processes"
-    body = "\n".join(
-        "  " + format_leak(leak, root, verbosity).replace("\n", "\n  ")
-        for leak in leaks
-    )
-    return f"test left {count} {noun} (exited, never waited for):\n{body}\n{HINT}"
+def format_message(
+    leaks: Sequence[Leak], verbosity: int = 0, subject: str = "test"
+) -> str:
+    """The message of a test that left zombies or running children."""
+    parts = []
+    zombies = [leak for leak in leaks if leak.kind == "zombie"]
+    running = [leak for leak in leaks if leak.kind == "running"]
+    if zombies:
+        noun = _plural(len(zombies), "zombie child process", "zombie child processes")
+        parts.append(f"{subject} left {noun} (exited, never waited for):")
+        parts.extend(_indent(format_leak(leak, verbosity)) for leak in zombies)
+        parts.append(ZOMBIE_HINT)
+    if running:
+        noun = _plural(len(running), "child process", "child processes")
+        parts.append(f"{subject} left {noun} running:")
+        parts.extend(_indent(format_leak(leak, verbosity)) for leak in running)
+        parts.append(RUNNING_HINT)
+    return "\n".join(parts)
 
 
-# --- records: what travels on reports, across xdist, into the JSON report ----
-
-#: A leak or a running leftover as plain JSON-able data.
-Record = dict[str, Any]
+def _indent(block: str) -> str:
+    return "  " + block.replace("\n", "\n  ")
 
 
-def _ended_record(ended: processes.ExitStatus | None) -> Record | None:
-    if ended is None:
-        return None
-    signal_name = None
-    if ended.signal is not None:
-        signal_name = ended.describe().removeprefix("killed by ").split(" ")[0]
-    return {
-        "exit_code": ended.code,
-        "signal": ended.signal,
-        "signal_name": signal_name,
-        "core_dumped": ended.core_dumped,
-        "text": ended.describe(),
-    }
+def summary_line(leak: Leak) -> str:
+    """One line for the terminal summary and for a JUnit XML property."""
+    parts = [f"pid {leak.pid} {readable(leak.command, COMMAND_LIMIT)}"]
+    if leak.ended is not None:
+        parts.append(leak.ended.text)
+    parts.append(f"spawned at {_site(leak)}")
+    parts.extend(readable(detail) for detail in leak.details)
+    line = f"{readable(leak.owner.text)}: {', '.join(parts)}"
+    if leak.late:
+        line += f" (late: found while {readable(leak.found_during or '?')} ran)"
+    if leak.verdict == RETRIED:
+        line += " (in an attempt that was rerun)"
+    return line
 
 
-def _owner_record(owner: Owner | None) -> Record:
-    if owner is None:
-        return {"nodeid": None, "phase": None, "fixture": None, "scope": None}
-    return {
-        "nodeid": owner.nodeid,
-        "phase": owner.phase,
-        "fixture": owner.fixture,
-        "scope": owner.scope,
-        "text": owner.describe(),
-    }
+# --- the run ----------------------------------------------------------------
 
 
-def leak_record(leak: Leak, root: Path, verdict: str) -> Record:
-    """A leak as data: the JSON report's ``leaks`` entries (schema v1)."""
-    return {
-        "nodeid": leak.owner.nodeid,
-        "owner": _owner_record(leak.owner),
-        "pid": leak.pid,
-        "argv": list(leak.argv) if leak.argv else None,
-        "command": describe_command(leak),
-        "spawned_by": leak.how,
-        "ended": _ended_record(leak.ended),
-        "spawn_site": _site_of(leak.stack, root, default=None),
-        "stack": [
-            f"{_relative(f.filename, root)}:{f.lineno} in {f.function}"
-            for f in reversed(leak.stack)
-        ],
-        "late": leak.late,
-        "found_during": leak.found_during,
-        "verdict": verdict,
-    }
-
-
-def leftover_record(record: SpawnRecord, root: Path) -> Record:
-    """A child still running at the end: the JSON report's ``running`` entries."""
-    return {
-        "nodeid": record.owner.nodeid if record.owner else None,
-        "owner": _owner_record(record.owner),
-        "pid": record.pid,
-        "argv": list(record.argv) if record.argv else None,
-        "command": shlex.join(record.argv) if record.argv else f"({record.how})",
-        "spawned_by": record.how,
-        "spawn_site": _site_of(record.stack, root, default=None),
-    }
-
-
-def leak_line(record: Record) -> str:
-    """One line of the summary (and a JUnit XML property) for a leak."""
-    ended = record["ended"]["text"] if record["ended"] else "exit status unknown"
-    site = record["spawn_site"] or "spawn site unknown"
-    late = (
-        f" (late: found while {record['found_during']} ran)" if record["late"] else ""
-    )
-    return (
-        f"{record['owner']['text']}: pid {record['pid']} {record['command']}, "
-        f"{ended}, spawned at {site}{late}"
-    )
-
-
-def leftover_line(record: Record) -> str:
-    owner = record["owner"].get("text") or "outside any test"
-    site = record["spawn_site"] or "spawn site unknown"
-    return f"{owner}: pid {record['pid']} {record['command']}, spawned at {site}"
+def summary_stats(
+    leaks: Sequence[Leak], running: Sequence[Leak]
+) -> dict[str, list[Leak]]:
+    """Entries for the closing line ("4 passed, 1 zombie leak in 0.3s")."""
+    stats = {}
+    if leaks:
+        stats["zombie leak" if len(leaks) == 1 else "zombie leaks"] = list(leaks)
+    if running:
+        key = "child left running" if len(running) == 1 else "children left running"
+        stats[key] = list(running)
+    return stats
 
 
 def write_summary(
     terminalreporter: pytest.TerminalReporter,
-    leaks: Sequence[Record],
-    running: Sequence[Record],
+    leaks: Sequence[Leak],
+    running: Sequence[Leak],
 ) -> None:
-    """The run's leaks, then the children still running, one line each."""
+    """The run's zombie leaks, then the children left running, a line each."""
     if leaks:
-        noun = "zombie leak" if len(leaks) == 1 else "zombie leaks"
-        terminalreporter.write_sep("=", f"nozombies: {len(leaks)} {noun}", yellow=True)
-        for record in leaks:
-            terminalreporter.write_line(leak_line(record))
+        title = f"nozombies: {_plural(len(leaks), 'zombie leak', 'zombie leaks')}"
+        terminalreporter.write_sep("=", title, yellow=True)
+        for leak in leaks:
+            terminalreporter.write_line(summary_line(leak))
     if running:
-        noun = "child" if len(running) == 1 else "children"
-        terminalreporter.write_sep(
-            "=", f"nozombies: {len(running)} {noun} still running", yellow=True
-        )
-        for record in running:
-            terminalreporter.write_line(leftover_line(record))
+        title = f"nozombies: {_plural(len(running), 'child', 'children')} left running"
+        terminalreporter.write_sep("=", title, yellow=True)
+        for leak in running:
+            terminalreporter.write_line(summary_line(leak))
+
+
+def fails_run(findings: Sequence[Leak]) -> bool:
+    return any(leak.verdict == FAILED_RUN for leak in findings)
+
+
+def report_document(
+    leaks: Sequence[Leak], running: Sequence[Leak], run: dict[str, Any]
+) -> dict[str, Any]:
+    """The JSON report (``report.schema.json``)."""
+    return {
+        "schema": SCHEMA_ID,
+        "version": SCHEMA_VERSION,
+        "run": {
+            **run,
+            "python_version": platform.python_version(),
+            "platform": sys.platform,
+        },
+        "leaks": [leak.to_json() for leak in leaks],
+        "running": [leak.to_json() for leak in running],
+    }

@@ -1,142 +1,136 @@
-"""What the run found, gathered where it is reported.
+"""What the run found, gathered in the process that reports it.
 
-Leaks are found in the process that ran the test (an xdist worker, or the
-only process) and travel as plain records: on the teardown report of the test
-during which they were found (so xdist carries them to the controller, and
-JUnit XML shows them as properties), or, when found after the last report,
-through xdist's ``workeroutput``. Whichever process prints the summary and
-writes the JSON report collects them here.
+A finding is made in the process that ran the test (an xdist worker, a
+pytest-forked fork, or the only process) and travels in its JSON form: on
+the report of the test phase during which it was found (so xdist and
+pytest-forked carry it, and JUnit XML shows it as a property), or, when it
+was found outside any test (at the end of collection or of the session),
+in xdist's ``workeroutput``. The process that prints the summary collects
+each report's findings as the report is logged: by then the report's
+outcome is final, and says whether a leak that was to fail its test did
+(a rerun attempt, or an ``xfail`` test that swallowed the error, changes it).
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import pytest
 
-if TYPE_CHECKING:
-    from .reporting import Record
-
-#: Attribute set on teardown reports; survives xdist's report serialization.
-REPORT_ATTRIBUTE = "nozombies_leaks"
-#: JUnit XML property name, one per leak.
-PROPERTY_NAME = "nozombies_leak"
-SCHEMA_ID = "pytest-nozombies-report"
-SCHEMA_VERSION = 1
+from . import __version__, report_file
+from .leaks import FAILED_RUN, FAILED_TEST, RETRIED, Leak
+from .reporting import PROPERTY_NAME, REPORT_ATTRIBUTE, report_document, summary_line
+from .settings import Settings
 
 
 class RunResults:
-    __slots__ = ("leaks", "pending", "running")
+    """The findings of one process, and of its workers on a controller."""
+
+    #: Key of xdist's ``workeroutput`` for findings made outside any report.
+    WORKER_OUTPUT = "nozombies_findings"
 
     def __init__(self) -> None:
-        #: Found here and not yet attached to a report.
-        self.pending: list[Record] = []
-        #: Every leak reported in this run (from all workers, on the controller).
-        self.leaks: list[Record] = []
-        #: Children still running at the end of the session.
-        self.running: list[Record] = []
+        self.leaks: list[Leak] = []
+        self.running: list[Leak] = []
+        #: Found during the running test phase: for that phase's report.
+        self.pending: list[Leak] = []
+        #: Found outside any test phase (collection, the end of the session).
+        self.outside: list[Leak] = []
 
-    def take_pending(self) -> list[Record]:
-        pending, self.pending = self.pending, []
-        return pending
+    def add(self, leak: Leak) -> None:
+        (self.leaks if leak.kind == "zombie" else self.running).append(leak)
 
+    def attach_pending(self, report: pytest.TestReport) -> None:
+        """Put the findings waiting for a report on ``report``."""
+        found, self.pending = self.pending, []
+        # A plain attribute survives xdist's and pytest-forked's serialization;
+        # user_properties become JUnit XML <property> elements.
+        setattr(report, REPORT_ATTRIBUTE, [leak.to_json() for leak in found])
+        report.user_properties.extend(
+            (PROPERTY_NAME, summary_line(leak)) for leak in found
+        )
 
-class ReportCarrier:
-    """Puts waiting leak records on the next teardown report, then leaves.
+    def collect(self, report: pytest.TestReport) -> None:
+        """Take the findings off a report as it is logged."""
+        outcome: str = report.outcome  # pytest-rerunfailures adds "rerun"
+        for data in getattr(report, REPORT_ATTRIBUTE, ()):
+            leak = Leak.from_json(data)
+            if leak.verdict == FAILED_TEST and outcome != "failed":
+                # Rerun (pytest-rerunfailures), or swallowed by xfail: a leak
+                # of a retried attempt counts for nothing; any other still
+                # fails the run.
+                leak.verdict = RETRIED if outcome == "rerun" else FAILED_RUN
+            self.add(leak)
 
-    Registered only while records wait, so that an ordinary test pays for no
-    ``pytest_runtest_makereport`` wrapper. With ``count``, it also adds what
-    it carries to the run's leaks; otherwise a ``LeakCollector`` reads them
-    off the reports as they are logged.
-    """
-
-    def __init__(self, run_results: RunResults, *, count: bool) -> None:
-        self.run_results = run_results
-        self.count = count
-        self._config: pytest.Config | None = None
-
-    def attach_to_next_teardown(self, config: pytest.Config) -> None:
-        if self._config is None:
-            self._config = config
-            config.pluginmanager.register(self, "nozombies-carrier")
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
-        if call.when == "teardown":
-            self._attach(report)
-        return report
-
-    def _attach(self, report: pytest.TestReport) -> None:
-        from .reporting import leak_line
-
-        found = self.run_results.take_pending()
-        if found:
-            # A plain attribute survives xdist's and pytest-forked's
-            # serialization of the report; user_properties become JUnit XML
-            # <property> elements.
-            setattr(report, REPORT_ATTRIBUTE, found)
-            report.user_properties.extend((PROPERTY_NAME, leak_line(r)) for r in found)
-            if self.count:
-                self.run_results.leaks.extend(found)
-        if self._config is not None:
-            self._config.pluginmanager.unregister(self)
-            self._config = None
+    def all(self) -> Iterable[Leak]:
+        yield from self.leaks
+        yield from self.running
 
 
-class LeakCollector:
-    """Reads the leak records off every report this process logs.
+class Collector:
+    """Registered in the process that reports (never in an xdist worker)."""
 
-    Registered where reports come from other processes: on an xdist
-    controller (its workers run the tests) and wherever pytest-forked may run
-    a test in a forked copy of the session.
-    """
-
-    def __init__(self, run_results: RunResults) -> None:
-        self.run_results = run_results
+    def __init__(
+        self, config: pytest.Config, settings: Settings, results: RunResults
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.results = results
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        found = getattr(report, REPORT_ATTRIBUTE, None)
-        if found:
-            self.run_results.leaks.extend(found)
+        if hasattr(report, REPORT_ATTRIBUTE):
+            self.results.collect(report)
 
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_sessionfinish(
+        self, session: pytest.Session
+    ) -> Generator[None, None, None]:
+        # Outermost: after pytest's own cache and terminal summary are written.
+        yield
+        self._remember_blamed_tests()
+        if self.settings.report is not None:
+            self._write_report(session, self.settings.report)
 
-def report_document(
-    results: RunResults, metadata: dict[str, Any], exit_status: int
-) -> dict[str, Any]:
-    """The JSON report (see docs/configuration.rst for the schema)."""
-    import platform
+    def _remember_blamed_tests(self) -> None:
+        """A test blamed only after it reported (a late or fixture leak) goes
+        into ``--lf``'s cache, so that ``pytest --lf`` runs it again."""
+        cache = getattr(self.config, "cache", None)
+        blamed = {
+            leak.nodeid for leak in self.results.all() if leak.verdict == FAILED_RUN
+        }
+        blamed.discard(None)
+        if cache is None or not blamed:
+            return
+        lastfailed = cache.get("cache/lastfailed", {})
+        lastfailed.update(dict.fromkeys(blamed, True))
+        cache.set("cache/lastfailed", lastfailed)
 
-    return {
-        "schema": SCHEMA_ID,
-        "version": SCHEMA_VERSION,
-        "run": {
-            **metadata,
-            "python_version": platform.python_version(),
-            "platform": sys.platform,
-            "exit_status": exit_status,
-        },
-        "leaks": results.leaks,
-        "running": results.running,
-    }
-
-
-def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
-    """Write to a scratch file beside ``path`` and rename it over ``path``."""
-    fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=".nozombies-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(scratch, path)
-    except BaseException:
-        os.unlink(scratch)
-        raise
+    def _write_report(self, session: pytest.Session, path: Path) -> None:
+        run = {
+            "plugin_version": __version__,
+            "pytest_version": pytest.__version__,
+            "settings": self.settings.as_json(),
+            "exit_status": int(session.exitstatus),
+        }
+        document = report_document(self.results.leaks, self.results.running, run)
+        try:
+            report_file.write(
+                path, json.dumps(document, indent=2, sort_keys=True) + "\n"
+            )
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            message = (
+                f"pytest-nozombies: could not write the report to {path}: {reason}"
+            )
+            terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+            if terminal is not None:
+                terminal.write_line(message, red=True)
+            else:
+                sys.stderr.write(message + "\n")
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,29 +1,34 @@
 """Every setting in one place: declared once, read once, validated once.
 
 Each setting has an ini key and most have a command-line option sharing one
-help text; the command line wins. ``resolve`` turns them into a frozen ``Settings`` or
-raises ``pytest.UsageError`` naming the setting, where its value came from and
-what is accepted, so a typo stops the run (exit code 4) before any test runs.
+help text; the command line wins. ``resolve`` turns them into a frozen
+``Settings`` or raises ``pytest.UsageError`` naming the setting, where its
+value came from and what is accepted, so a typo stops the run (exit code 4)
+before any test runs. It runs before the first conftest is imported, so it
+reads the command line that pytest parsed early (``known_args_namespace``).
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
-import tempfile
+import threading
 from pathlib import Path
-from typing import Literal, NamedTuple, TypeVar
+from typing import Literal, NamedTuple, TypeVar, get_args
 
 import pytest
 
 T = TypeVar("T", bound=str)
 Mode = Literal["fail", "warn", "off"]
-MODES: tuple[Mode, ...] = ("fail", "warn", "off")
+MODES: tuple[Mode, ...] = get_args(Mode)
 Running = Literal["ignore", "warn", "fail"]
-RUNNING_CHOICES: tuple[Running, ...] = ("ignore", "warn", "fail")
+RUNNING_CHOICES: tuple[Running, ...] = get_args(Running)
 DEFAULT_GRACE = 1.0
+#: The longest wait Python's blocking calls accept on this platform.
+MAX_GRACE = threading.TIMEOUT_MAX
 
 
 class Setting(NamedTuple):
@@ -31,6 +36,7 @@ class Setting(NamedTuple):
     ini: str
     default: str
     help: str
+    metavar: str = ""
 
     @property
     def dest(self) -> str:
@@ -43,14 +49,16 @@ MODE = Setting(
     "fail",
     "What to do when a test leaves a zombie child: fail the test, warn "
     "(ZombieWarning), or off (check nothing).",
+    "fail|warn|off",
 )
 GRACE = Setting(
     "--nozombies-grace",
     "nozombies_grace",
     str(DEFAULT_GRACE),
     "Seconds to wait, after a test ends, for children that the test spawned "
-    "and that are still running to finish exiting (catches kill() without "
-    "wait()).",
+    "and that it signalled or that are busy on a CPU, to finish exiting "
+    "(catches kill() without wait()); 0 turns the wait off.",
+    "SECONDS",
 )
 IGNORE = Setting(
     None,
@@ -63,8 +71,9 @@ RUNNING = Setting(
     None,
     "nozombies_running",
     "warn",
-    "Children still running at the end of the session, left by a test or "
-    "fixture: ignore them, warn (list them in the summary), or fail the run.",
+    "Children still running when the test, fixture or import that spawned "
+    "them is over: ignore them, warn (list them in the summary), or fail "
+    "(that test, or for a fixture the run).",
 )
 REPORT = Setting(
     "--nozombies-report",
@@ -72,7 +81,9 @@ REPORT = Setting(
     "",
     "Write every leak of the run to this JSON file (schema: see the docs' "
     "configuration reference). A relative path starts at the invocation folder "
-    "(command line) or at the ini file's folder (ini).",
+    "(command line) or at the ini file's folder (ini); an empty value writes "
+    "none.",
+    "PATH",
 )
 SUBREAPER = Setting(
     "--nozombies-subreaper",
@@ -129,7 +140,7 @@ def add_options(parser: pytest.Parser) -> None:
                 setting.option,
                 dest=setting.dest,
                 default=None,
-                metavar=setting.ini.removeprefix("nozombies_").upper(),
+                metavar=setting.metavar,
                 help=f"{setting.help} Default: {setting.default or 'none'}. "
                 f"Ini: {setting.ini}.",
             )
@@ -153,8 +164,14 @@ def resolve(config: pytest.Config) -> Settings:
     )
 
 
+def _option(config: pytest.Config, setting: Setting) -> object:
+    # The namespace pytest parsed before loading conftests, which is when
+    # the plugin starts; it holds every option of the plugin already.
+    return getattr(config.known_args_namespace, setting.dest, None)
+
+
 def _read(config: pytest.Config, setting: Setting) -> tuple[str, str]:
-    value = config.getoption(setting.dest) if setting.option else None
+    value = _option(config, setting) if setting.option else None
     if value is not None:
         return str(value), f"{setting.option} (command line)"
     return str(config.getini(setting.ini)).strip(), _ini_source(config, setting)
@@ -188,12 +205,12 @@ def _resolve_mode(config: pytest.Config) -> Mode:
 
 def _resolve_grace(config: pytest.Config) -> float:
     value, source = _read(config, GRACE)
-    accepted = "expected a number of seconds, 0 or more (e.g. 0.5)"
+    accepted = f"expected a number of seconds from 0 to {MAX_GRACE:.0f} (e.g. 0.5)"
     try:
         grace = float(value)
     except ValueError:
         raise _invalid(source, value, accepted) from None
-    if not math.isfinite(grace) or grace < 0:
+    if not math.isfinite(grace) or not 0 <= grace <= MAX_GRACE:
         raise _invalid(source, value, accepted)
     return grace
 
@@ -222,28 +239,23 @@ def _resolve_report(config: pytest.Config) -> Path | None:
         return None
     # From the command line a relative path starts where pytest was invoked;
     # from an ini file, beside that file, as the paths in it are meant.
-    from_ini = config.getoption(REPORT.dest) is None and config.inipath is not None
+    from_ini = _option(config, REPORT) is None and config.inipath is not None
     base = config.inipath.parent if from_ini and config.inipath else None
     path = Path(base or config.invocation_params.dir, value)
-    accepted = "expected a file path in a folder this run can write to"
-    if path.is_dir():
-        raise _invalid(source, value, accepted + " (it is a folder)")
     if hasattr(config, "workerinput"):
         return path  # only the xdist controller writes it, and checked it
-    # Check now rather than fail after the whole run: create the folder and
-    # a scratch file the way the report will be written.
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=".nozombies-")
-        os.close(fd)
-        os.unlink(scratch)
-    except OSError as exc:
-        raise _invalid(source, value, f"{accepted} ({exc.strerror})") from None
+    # Check now rather than fail after the whole run.
+    from . import report_file
+
+    problem = report_file.check(path)
+    if problem is not None:
+        accepted = "expected a regular file in a folder this run can write to"
+        raise _invalid(source, value, f"{accepted} ({problem})")
     return path
 
 
 def _resolve_subreaper(config: pytest.Config) -> bool:
-    if config.getoption(SUBREAPER.dest):
+    if _option(config, SUBREAPER):
         enabled, source = True, f"{SUBREAPER.option} (command line)"
     else:
         try:

@@ -1,376 +1,740 @@
-"""Decide which zombies are whose, when each owner's scope ends.
+"""Who answers for each child, and what each owner left behind.
 
-The rules (see docs/how-it-works.rst):
+The tracker keeps the owner stack: the test phase, fixture or import that
+runs now and answers for what is spawned (spawns.py asks it). Each owner
+belongs to a *scope*, the span after which its children are judged: a test
+(its phases and function-scoped fixtures), a wider fixture (until it is
+finalized), or the collection (conftests and test modules being imported).
 
-* A child spawned through Python belongs to what was running at the time: a
-  test phase, or a fixture's setup. It is judged when that owner's scope ends
-  (the test, or the wider-scoped fixture), never earlier and never by an
-  innocent test that happens to be running when it dies.
-* At a scope's end its children that are still running get up to ``grace``
-  seconds to finish exiting (``p.kill()`` without ``p.wait()``); a zombie then
-  is a leak of that scope. One still running is remembered, and if it dies
-  later it is a *late* leak of the same owner.
-* A zombie nobody recorded (a C extension's child) is blamed on the test during
-  which it appeared, unless it was already a zombie when that test started.
+When a scope ends, each of its children is, in this order:
 
-The fast path, when no child has exited, is one ``waitid`` call per check.
+* gone: reaped by whoever spawned it; forgotten;
+* waited for: its ``Popen`` is inside ``wait()``, or another thread is
+  blocked in a wait system call that will collect it; left to them;
+* a zombie: a leak, unless another thread of the process might still
+  collect it, which it is given up to the grace period to do;
+* running: given up to the grace period to exit if waiting can change its
+  verdict (this process signalled it, it is on a CPU rather than asleep,
+  or ``nozombies_running = fail`` fails it if it stays); after that, left
+  running, unless it was spawned by another thread that still runs, which
+  then answers for it. Children left running fail their owner at once
+  under ``nozombies_running = fail``, or are listed at the end of the
+  session if they still run then.
+
+A zombie found at any check that belongs to a scope already judged is a
+*late* leak of that scope's owner; one nobody recorded is blamed on the test
+during which it appears. After a leak is reported it is reaped through the
+``Popen`` or ``multiprocessing.Process`` that holds it; a zombie no such
+object holds (a raw ``fork``) may still be waited for by the code that made
+it, and is left as it is, never blamed again.
+
 No pytest here: owners are plain values.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Hashable
-from typing import NamedTuple
+import re
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
 
-from . import processes
-from .spawns import Frame, Owner, SpawnRecord, SpawnRegistry
+from . import processes, spawns
+from .leaks import Ended, Kind, Leak, OwnerInfo
+from .spawns import Spawn
 
-#: One entry per fork, appended in each child as it starts: the session's
-#: process, which nearly never forks itself, knows it is itself without a
-#: system call per hook. The callback is C code (list.append) and runs only
-#: in children that run Python code anyway (os.fork's, a preexec_fn's), never
-#: in subprocess's plain fork-and-exec children; it touches no lock, so a child
-#: forked from a threaded test cannot hang on it.
+#: One entry per fork, appended in each child as it starts, so the session's
+#: process knows it is itself without a system call per hook. The callback
+#: is C code (list.append): it takes no lock and runs no Python code, so it
+#: is safe in a child forked from any thread.
 _forks: list[None] = []
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=functools.partial(_forks.append, None))
 
+#: pytest's names for the fixtures it makes of xunit and unittest set-ups.
+_XUNIT_FIXTURES = (
+    (
+        re.compile(r"_unittest_setUpClass_fixture_(.+)"),
+        "{}.setUpClass",
+        "{}.tearDownClass",
+    ),
+    (re.compile(r"_unittest_setup_method_fixture_(.+)"), "{}.setUp", "{}.tearDown"),
+    (
+        re.compile(r"_xunit_setup_module_fixture_(.+)"),
+        "setup_module",
+        "teardown_module",
+    ),
+    (
+        re.compile(r"_xunit_setup_class_fixture_(.+)"),
+        "{}.setup_class",
+        "{}.teardown_class",
+    ),
+    (
+        re.compile(r"_xunit_setup_method_fixture_(.+)"),
+        "{}.setup_method",
+        "{}.teardown_method",
+    ),
+    (
+        re.compile(r"_xunit_setup_function_fixture_(.+)"),
+        "setup_function",
+        "teardown_function",
+    ),
+)
+#: Longest sleep between two looks while waiting out the grace period.
+_MAX_INTERVAL = 0.02
+#: Left to pytest-timeout's handler before its deadline.
+_TIMEOUT_MARGIN = 0.1
 
-class Leak(NamedTuple):
-    """One zombie left behind, with everything the report needs."""
 
-    pid: int
-    argv: tuple[str, ...] | None
-    name: str
-    how: str
-    ended: processes.ExitStatus | None
-    owner: Owner
-    stack: tuple[Frame, ...] = ()
-    #: Found after its owner's scope had already been judged.
-    late: bool = False
-    #: The test that was running when a late leak was found.
-    found_during: str | None = None
-    #: Parent pid as the OS reported it (ours, or another thread's task).
-    parent: int | None = None
+class Scope:
+    """Children judged together: a test, a wider fixture, or the collection."""
+
+    __slots__ = ("children", "open")
+
+    def __init__(self) -> None:
+        self.children: list[Spawn] = []
+        #: Until it is judged: its children are not late leaks of anyone.
+        self.open = True
+
+
+class Owner:
+    """What answers for a child spawned now."""
+
+    __slots__ = (
+        "allowed",
+        "fixture",
+        "fixture_scope",
+        "nodeid",
+        "phase",
+        "scope",
+        "test_file",
+        "test_site",
+    )
+
+    def __init__(
+        self,
+        scope: Scope,
+        nodeid: str | None,
+        phase: str,
+        *,
+        fixture: str | None = None,
+        fixture_scope: str | None = None,
+        allowed: bool = False,
+        test_file: str | None = None,
+        test_site: str | None = None,
+    ) -> None:
+        self.scope = scope
+        self.nodeid = nodeid
+        self.phase = phase
+        self.fixture = fixture
+        self.fixture_scope = fixture_scope
+        #: Marked ``allow_zombies``: what it leaves is cleaned up, not reported.
+        self.allowed = allowed
+        #: The test's own file, and ``path:line`` of its definition.
+        self.test_file = test_file
+        self.test_site = test_site
+
+    def with_phase(self, phase: str) -> Owner:
+        return Owner(
+            self.scope,
+            self.nodeid,
+            phase,
+            fixture=self.fixture,
+            fixture_scope=self.fixture_scope,
+            allowed=self.allowed,
+            test_file=self.test_file,
+            test_site=self.test_site,
+        )
+
+    def describe(self) -> str:
+        if self.fixture is None:
+            return f"{self.nodeid} ({self.phase})"
+        for pattern, setup, teardown in _XUNIT_FIXTURES:
+            match = pattern.fullmatch(self.fixture)
+            if match:
+                name = (teardown if self.phase == "teardown" else setup).format(
+                    match[1]
+                )
+                return f"{name} (of {self.nodeid})"
+        return (
+            f"fixture {self.fixture!r} ({self.fixture_scope} scope, "
+            f"{self.phase} of {self.nodeid})"
+        )
+
+    def __repr__(self) -> str:
+        return f"<Owner {self.describe()}>"
 
 
 class Verdict:
-    """What one check found: leaks of the scope that ended, and late ones."""
+    """What one check found."""
 
-    __slots__ = ("late", "leaks")
+    __slots__ = ("late", "leaks", "running")
 
     def __init__(self) -> None:
+        #: Zombies the judged scope left.
         self.leaks: list[Leak] = []
+        #: Zombies of scopes judged earlier, found now.
         self.late: list[Leak] = []
+        #: Children the judged scope left running.
+        self.running: list[Leak] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.leaks or self.late or self.running)
 
 
-#: The verdict of the common check that finds nothing; never mutated.
+#: The verdict of nearly every check; never mutated.
 NOTHING = Verdict()
-#: The baseline of nearly every test.
-NO_ZOMBIES: frozenset[processes.ChildIdentity] = frozenset()
+
+Others = Literal["none", "unknown", "all"]
 
 
 class Tracker:
-    """Says who owns what is spawned now, and judges scopes as they end."""
+    """The owner stack of one pytest session, and the judge of its scopes."""
 
     def __init__(
-        self, registry: SpawnRegistry, grace: float, *, adopt_orphans: bool = False
+        self,
+        *,
+        grace: float,
+        root: Path,
+        not_user_code: tuple[str, ...],
+        stack_stop: tuple[str, ...] = (),
+        ignore: tuple[re.Pattern[str], ...] = (),
+        adopt_orphans: bool = False,
+        running_fails: bool = False,
     ) -> None:
-        self.registry = registry
         self.grace = grace
-        #: Subreaper mode: children we never spawned are adopted orphans.
+        self.root = root
+        self.not_user_code = not_user_code
+        self.stack_stop = stack_stop
+        self.ignore = ignore
+        #: Subreaper mode: children nobody spawned here are adopted orphans.
         self.adopt_orphans = adopt_orphans
-        #: The process the session belongs to; a forked copy never judges.
-        self.pid = os.getpid()
+        #: nozombies_running = fail: a child left running fails its scope's
+        #: owner at once, so every running child is worth the grace period.
+        #: Otherwise those still running at the end of the session are listed.
+        self.running_fails = running_fails
+        self.thread_id = threading.get_ident()
+        #: Every child recorded and not known to be reaped, by pid (a pid is
+        #: only reused once its child was reaped, so a new record replaces it).
+        self.records: dict[int, Spawn] = {}
+        #: What answers for a child spawned now (None: nobody, never judged).
+        self.owner: Owner | None = None
+        #: The running test's owner in its setup phase.
+        self.test: Owner | None = None
+        self.collection = Scope()
+        #: Process groups this process signalled during the running test.
+        self.signalled_groups: set[int] = set()
+        #: pytest-timeout's deadline for the running test (time.monotonic).
+        self.deadline: float | None = None
+        #: An error inside a spawn wrapper, for the plugin to report.
+        self.failure: Exception | None = None
+        #: The outer session's owner when this session started inside it.
+        self.outer_owner: Owner | None = None
+        self._pid = os.getpid()
         self._forks = len(_forks)
-        #: Scopes of wider fixtures now set up: their children wait for them.
-        self._open_scopes: dict[Hashable, int] = {}
         #: Zombies that existed when the running test started.
-        self._baseline = NO_ZOMBIES
-        #: The last test ended with no child at all: the next needs no baseline.
+        self._baseline: frozenset[tuple[int, float]] = frozenset()
+        #: The last check found no child at all: the next test needs no baseline.
         self._childless = False
 
-    # --- ownership ---------------------------------------------------------
-    # Called around every test: plain field updates, no allocation.
+    # --- recording (spawns.Recorder) -----------------------------------------
 
-    def start_test(self, nodeid: str, allowed: bool) -> None:
-        """A test starts: it owns what is spawned from now until ``end_test``.
+    def start_recording(self) -> None:
+        """Wrap the spawning functions; children that exist now are nobody's."""
+        if spawns._recorders:
+            self.outer_owner = spawns._recorders[-1].current_owner()
+        spawns.install(self)
+        for pid in processes.child_pids():
+            started = processes.start_time(pid)
+            if started is not None and pid not in self.records:
+                self.records[pid] = Spawn(
+                    pid, started, processes.read_cmdline(pid), "unknown", None
+                )
 
-        Zombies that exist now are its baseline and can never be blamed on it
-        (nearly always there are none, as one system call tells).
-        """
-        registry = self.registry
-        registry.test = nodeid
-        registry.test_allowed = allowed
-        registry.phase = "setup"
-        if registry.fixture_owners:
-            registry.fixture_owners.clear()
-        if self._childless:
-            # The last test's check found no child at all, and only pytest ran
-            # since: spare the system call. (A child started and dead in
-            # between outside Python is then blamed on this test, like any
-            # child made outside Python that shows up as a zombie during it.)
-            self._childless = False
-            self._baseline = NO_ZOMBIES
-        elif processes.any_child_exited():
-            self._baseline = processes.snapshot_zombies()
-        else:
-            self._baseline = NO_ZOMBIES
+    def stop_recording(self) -> None:
+        """Stop recording; an outer session takes over what is still followed."""
+        outer = spawns.uninstall(self)
+        if isinstance(outer, Tracker) and self.outer_owner is not None:
+            outer.take_over(self.records.values(), self.outer_owner)
+        self.records = {}
 
-    def enter_phase(self, phase: str) -> None:
-        """The running test's next phase starts; no fixture owns anything now."""
-        self.registry.phase = phase
-        if self.registry.fixture_owners:
-            self.registry.fixture_owners.clear()
+    def take_over(self, records: Iterable[Spawn], owner: Owner) -> None:
+        """Children a nested session left behind become ``owner``'s, the
+        outer test that ran that session (and named as its)."""
+        for spawn in records:
+            if spawn.owner is None or spawn.exempt or spawn.judged == "reported":
+                continue
+            spawn.via, spawn.owner, spawn.judged = spawn.owner, owner, None
+            self.records[spawn.pid] = spawn
+            owner.scope.children.append(spawn)
 
-    def push_owner(self, owner: Owner) -> None:
-        """A fixture starts setting up or tearing down: it owns what it spawns."""
-        self.registry.fixture_owners.append(owner)
-
-    def pop_owner(self, owner: Owner) -> None:
-        """Drop ``owner`` from the fixture owners (finished or failed)."""
-        owners = self.registry.fixture_owners
-        for index in range(len(owners) - 1, -1, -1):
-            if owners[index] is owner:
-                del owners[index]
-                break
+    def record(self, spawn: Spawn) -> None:
+        self.records[spawn.pid] = spawn
+        if spawn.owner is not None and spawn.exempt is None:
+            spawn.owner.scope.children.append(spawn)
 
     def current_owner(self) -> Owner | None:
-        return self.registry.current_owner()
+        return self.owner
 
-    def open_scope(self, key: Hashable) -> None:
-        """A fixture wider than a test was set up: its children wait for it."""
-        self._open_scopes[key] = self._open_scopes.get(key, 0) + 1
+    def exemption(self, argv: tuple[str, ...] | None) -> str | None:
+        return spawns.exemption(argv, self.ignore)
 
-    def close_scope(self, key: Hashable) -> None:
-        count = self._open_scopes.get(key, 0) - 1
-        if count <= 0:
-            self._open_scopes.pop(key, None)
-        else:
-            self._open_scopes[key] = count
+    def note_signal(self, pid: int) -> None:
+        try:
+            if pid > 0:
+                spawn = self.records.get(pid)
+                if spawn is not None:
+                    spawn.signalled = True
+                    spawn.note_exec()
+            elif pid < -1:
+                self.signalled_groups.add(-pid)
+            elif pid == 0:
+                self.signalled_groups.add(os.getpgrp())
+        except Exception as exc:  # reported by the plugin, never to the caller
+            self.failure = exc
+
+    def internal_error(self, exc: Exception) -> None:
+        self.failure = exc
+
+    # --- which process this is -----------------------------------------------
 
     def in_session_process(self) -> bool:
         """Whether this is the session's process, not a copy a test forked."""
-        return len(_forks) == self._forks or os.getpid() == self.pid
+        return len(_forks) == self._forks or os.getpid() == self._pid
 
     def move_to_this_process(self) -> None:
-        """Judge in this forked copy of the session (pytest-forked's).
-
-        The records it inherited name the original process's children; they
-        are none of this copy's, so they are dropped (closing the copy's pidfds).
-        """
-        self.pid = os.getpid()
+        """Judge in this forked copy of the session (pytest-forked's): what it
+        inherited names the original process's children, none of its own."""
+        self._pid = os.getpid()
         self._forks = len(_forks)
-        self.registry.close()
+        self.records.clear()
+        self.collection.children.clear()
 
-    # --- checks ----------------------------------------------------------------
+    # --- owners --------------------------------------------------------------
 
-    def end_test(self) -> Verdict:
-        """The running test finished its teardown: judge what it left.
+    def start_collection(self) -> None:
+        """Conftests and test modules are imported now: the collection owns."""
+        self.owner = Owner(self.collection, None, "collect")
 
-        The fast path of nearly every test is one dict look-up and one system
-        call: nothing recorded for it (or every child it spawned reaped) and
-        no zombie anywhere. If that call finds no child at all, the next
-        ``start_test`` needs none.
-        """
-        registry = self.registry
-        nodeid = registry.test
-        if registry.fixture_owners:
-            registry.fixture_owners.clear()
-        if nodeid is None:
-            return NOTHING
-        try:
-            if not self.adopt_orphans and registry.forget_collected(nodeid):
-                # Nothing spawned, or all of it waited for: one system call
-                # tells whether any other child is a zombie.
-                now = processes.children_now()
-                if now != "exited":
-                    self._childless = now == "none"
-                    return NOTHING
-            current = Owner(nodeid, "teardown", allowed=registry.test_allowed)
-            return self.judge_scope(nodeid, current, self._baseline)
-        finally:
-            # Only now: a thread the test left running may spawn while the
-            # grace period is waited out, and the test answers for that child.
-            registry.test = None
+    def stop_owning(self) -> None:
+        """Between owners (pytest's own start-up): what is spawned is nobody's."""
+        self.owner = None
 
-    def judge_scope(
+    def start_test(
         self,
-        key: Hashable,
-        current: Owner,
-        baseline: frozenset[processes.ChildIdentity] | None,
-    ) -> Verdict:
-        """Judge the scope ``key`` that just ended while ``current`` ran.
-
-        With a ``baseline`` (a test's end) every other zombie is looked at too:
-        late leaks of earlier owners, and unrecorded zombies that appeared since
-        the baseline was taken. Without one (a fixture's end) only the scope's
-        own children are judged; the test's own check follows shortly.
-        """
-        records = self.registry.in_scope(key)
-        if not records and (baseline is None or not processes.any_child_exited()):
-            # The fast path of nearly every test: nothing spawned, no zombie.
-            self.close_scope(key)
-            if baseline is not None and self.adopt_orphans:
-                self._adopt_unrecorded_children(current)
-            return NOTHING
-        verdict = Verdict()
-        handled: set[int] = set()
-        running = [r for r in records if self._settle(r, verdict, handled)]
-        allowed = all(r.owner is not None and r.owner.allowed for r in running)
-        if running and self.grace > 0 and not allowed:
-            processes.wait_for_exit((r.pid for r in running), self.grace)
-            still = [r for r in running if self._settle(r, verdict, handled)]
-        else:
-            still = running
-        for record in still:
-            record.left_running = True
-        self.registry.leave_scope(key)
-        self.close_scope(key)
-        if baseline is not None:
-            self._collect_other_zombies(current, baseline, handled, verdict)
-            if self.adopt_orphans:
-                self._adopt_unrecorded_children(current)
-        return verdict
-
-    def _settle(self, record: SpawnRecord, verdict: Verdict, handled: set[int]) -> bool:
-        """Turn a record into a leak or drop it; ``True`` if it still runs."""
-        status = record.status()
-        if status == "running":
-            return True
-        if status == "zombie":
-            handled.add(record.pid)
-            assert record.owner is not None
-            self._add_leak(record, record.owner, verdict.leaks, late=False)
-        else:
-            self.registry.discard(record)
-        return False
-
-    def _collect_other_zombies(
-        self,
-        current: Owner,
-        baseline: frozenset[processes.ChildIdentity],
-        handled: set[int],
-        verdict: Verdict,
-    ) -> None:
-        for zombie in processes.zombie_children():
-            pid = zombie.identity.pid
-            if pid in handled:
-                continue
-            record = self.registry.get(zombie.identity)
-            if record is not None:
-                owner = record.owner
-                if owner is None or owner.scope_key in self._open_scopes:
-                    # Spawned outside any test, a stdlib helper, or a child of a
-                    # fixture that is still set up and may yet wait for it.
-                    continue
-                self._add_leak(
-                    record, owner, verdict.late, late=True, found_during=current.nodeid
-                )
-            elif zombie.identity not in baseline:
-                unknown = SpawnRecord(
-                    pid, zombie.identity.start_time, None, "unknown", (), current
-                )
-                self._add_leak(unknown, current, verdict.leaks, late=False)
-
-    def _adopt_unrecorded_children(self, current: Owner) -> None:
-        """Give orphans that came back to us during this test an owner.
-
-        Each one belongs to the test during which it first showed up, so that
-        if it dies later it is a late leak of that test, not of whichever test
-        runs then. Costs one read of our own children list per test.
-        """
-        for pid in processes.child_pids():
-            if self.registry.by_pid(pid) is not None:
-                continue
-            state = processes.read_child(pid)
-            if state is None or state.zombie:
-                continue  # a zombie was judged above already
-            record = SpawnRecord(
-                pid,
-                state.identity.start_time,
-                processes.read_cmdline(pid),
-                "adopted orphan",
-                (),
-                current,
-            )
-            record.left_running = True
-            self.registry.add(record)
-            self.registry.leave_scope(current.scope_key)
-
-    def _add_leak(
-        self,
-        record: SpawnRecord,
-        owner: Owner,
-        into: list[Leak],
+        nodeid: str,
         *,
-        late: bool,
-        found_during: str | None = None,
+        allowed: bool,
+        test_file: str | None,
+        test_site: str | None,
     ) -> None:
-        from . import reaping  # only when there is something to reap
-
-        state = processes.read_child(record.pid)
-        # Read how it ended before reaping, where the platform allows that.
-        ended = processes.exit_status(record.pid)
-        reaped, holder = reaping.reap_zombie(record.pid, record)
-        self.registry.discard(record)
-        if ended is None and reaped is None:
-            # Someone reaped it between our look and now (a SIGCHLD handler, an
-            # asyncio child watcher, os.wait() in another thread): its owner is
-            # collecting its children, which is all we ask.
-            return
-        into.append(
-            Leak(
-                pid=record.pid,
-                argv=record.argv,
-                name=state.name if state is not None else "?",
-                how=reaping.describe_holder(holder) or record.how,
-                ended=ended or reaped,
-                owner=owner,
-                stack=record.stack,
-                late=late,
-                found_during=found_during,
-                parent=state.parent if state is not None else None,
+        """A test starts: it owns what is spawned until ``end_test``. Zombies
+        that exist now are its baseline and are never blamed on it."""
+        self.test = self.owner = Owner(
+            Scope(),
+            nodeid,
+            "setup",
+            allowed=allowed,
+            test_file=test_file,
+            test_site=test_site,
+        )
+        if self.signalled_groups:
+            self.signalled_groups.clear()
+        if self._childless:
+            # The last check found no child at all and only pytest ran since.
+            self._childless = False
+            self._baseline = frozenset()
+        else:
+            self._baseline = frozenset(
+                (pid, s.start_time) for pid, s in processes.zombie_children()
             )
+
+    def enter_phase(self, phase: str) -> None:
+        """The running test's next phase (``call``, ``teardown``) starts."""
+        if self.test is not None:
+            self.owner = self.test.with_phase(phase)
+
+    def fixture_owner(self, name: str, fixture_scope: str) -> Owner | None:
+        """The owner of a fixture set up now: a function-scoped one shares its
+        test's scope; a wider one has a scope of its own until finalized."""
+        current = self.owner
+        if current is None or current.nodeid is None:
+            return None
+        scope = current.scope if fixture_scope == "function" else Scope()
+        return Owner(
+            scope,
+            current.nodeid,
+            "setup",
+            fixture=name,
+            fixture_scope=fixture_scope,
+            allowed=current.allowed,
+            test_file=current.test_file,
+            test_site=current.test_site,
         )
 
-    def final_sweep(self) -> list[Leak]:
-        """At the end of the session: children that died after the last check.
+    def push(self, owner: Owner | None) -> Owner | None:
+        """Make ``owner`` the current owner; return the one it replaces."""
+        previous, self.owner = self.owner, owner
+        return previous
 
-        A child left running by a test and dying after the last test's check
-        (during session teardown, say) is still that test's late leak.
+    # --- checks --------------------------------------------------------------
+
+    def end_collection(self) -> Verdict:
+        self.owner = None
+        return self._end_scope(self.collection, None, found_during="collection")
+
+    def end_test(self) -> Verdict:
+        """The running test's teardown is over: judge what it left.
+
+        The fast path of nearly every test is one system call: nothing was
+        recorded for it (or all of it was reaped) and no child has exited.
         """
-        found: list[Leak] = []
-        if not processes.any_child_exited():
-            return found
-        for zombie in processes.zombie_children():
-            record = self.registry.get(zombie.identity)
-            if record is None or record.owner is None:
-                continue  # no test to blame, or not ours to judge
-            if record.owner.scope_key in self._open_scopes:
+        test, self.test, self.owner = self.test, None, None
+        if test is None:
+            return NOTHING
+        scope = test.scope
+        if not scope.children and not self.adopt_orphans:
+            now = processes.children_now()
+            if now != "exited":
+                self._childless = now == "none"
+                scope.open = False
+                return NOTHING
+        current = test.with_phase("teardown")
+        verdict = self._end_scope(
+            scope, current, found_during=test.nodeid, others="all"
+        )
+        if self.adopt_orphans:
+            verdict.running.extend(self._adopt_orphans(current))
+        return verdict
+
+    def end_fixture(self, owner: Owner) -> Verdict:
+        """A wider fixture was finalized: judge its children."""
+        return self._end_scope(owner.scope, None, found_during=owner.nodeid)
+
+    def check_now(self) -> Verdict:
+        """Judge the running test's zombies now, mid-test (the fixture's
+        ``check()``); children still running are not judged."""
+        test = self.test
+        if test is None:
+            return NOTHING
+        current = self.owner or test
+        return self._judge(
+            test.scope,
+            current,
+            found_during=test.nodeid,
+            others="unknown",
+            running=False,
+        )
+
+    def final_sweep(self) -> Verdict:
+        """At the end of the session: children that died after the last check."""
+        return self._judge(
+            None,
+            None,
+            found_during="the end of the session",
+            others="all",
+            running=False,
+        )
+
+    def running_leftovers(self) -> list[Leak]:
+        """At the end of the session: children that outlived their scope (or
+        were handed to a thread) and still run, each with the owner that
+        answered for it when its scope ended."""
+        found = []
+        for spawn in list(self.records.values()):
+            owner = spawn.owner
+            if spawn.judged not in ("left running", "handed"):
                 continue
-            self._add_leak(
-                record,
-                record.owner,
-                found,
-                late=True,
-                found_during="the end of the session",
-            )
+            if owner is None or owner.allowed or spawn.status() != "running":
+                continue
+            spawn.judged = "reported"
+            found.append(self.finding(spawn, "running", None))
         return found
 
-    def running_leftovers(self) -> list[SpawnRecord]:
-        """Children that outlived their owner's scope and still run.
+    def _end_scope(
+        self,
+        scope: Scope,
+        current: Owner | None,
+        *,
+        found_during: str | None,
+        others: Others = "none",
+    ) -> Verdict:
+        try:
+            return self._judge(
+                scope, current, found_during=found_during, others=others, running=True
+            )
+        finally:
+            scope.open = False
+            scope.children = []
 
-        A test marked ``allow_zombies`` may leave children behind on purpose;
-        its children are not listed.
-        """
-        return [
-            r
-            for r in self.registry.all_records()
-            if r.left_running
-            and r.owner is not None
-            and not r.owner.allowed
-            and r.status() == "running"
+    def _judge(
+        self,
+        scope: Scope | None,
+        current: Owner | None,
+        *,
+        found_during: str | None,
+        others: Others,
+        running: bool,
+    ) -> Verdict:
+        candidates = [
+            (s, False) for s in (scope.children if scope else ()) if s.judged is None
         ]
+        if others != "none":
+            candidates += self._other_zombies(scope, current, late=others == "all")
+        if not candidates:
+            return NOTHING
+        zombies, left = self._settle(candidates, running=running)
+        verdict = Verdict()
+        for spawn, late in zombies:
+            leak = self._report_zombie(spawn, late, found_during)
+            if leak is not None:
+                (verdict.late if late else verdict.leaks).append(leak)
+        for spawn in left:
+            spawn.judged = "left running"
+            spawn.note_exec()
+            if self.running_fails and spawn.owner and not spawn.owner.allowed:
+                spawn.judged = "reported"
+                verdict.running.append(self.finding(spawn, "running", None))
+        return verdict
+
+    def _other_zombies(
+        self, scope: Scope | None, current: Owner | None, *, late: bool
+    ) -> list[tuple[Spawn, bool]]:
+        """Zombies outside ``scope``: late leaks of scopes judged earlier, and
+        zombies nobody recorded (blamed on ``current``)."""
+        found: list[tuple[Spawn, bool]] = []
+        for pid, stat in processes.zombie_children():
+            spawn = self.records.get(pid)
+            if spawn is not None and spawn.start_time == stat.start_time:
+                owner = spawn.owner
+                if (
+                    not late
+                    or owner is None
+                    or spawn.exempt
+                    or spawn.judged == "reported"
+                ):
+                    continue
+                if owner.scope.open:
+                    continue  # its own scope (a fixture still set up) judges it
+                found.append((spawn, True))
+            elif current is not None and (pid, stat.start_time) not in self._baseline:
+                unknown = Spawn(pid, stat.start_time, None, "unknown", current)
+                self.records[pid] = unknown
+                found.append((unknown, False))
+        return found
+
+    def _settle(
+        self, candidates: list[tuple[Spawn, bool]], *, running: bool
+    ) -> tuple[list[tuple[Spawn, bool]], list[Spawn]]:
+        """Split candidates into zombies nobody collects and children left
+        running, waiting up to the grace period where that can change the
+        answer. Children gone or waited for are dropped on the way."""
+        zombies: list[tuple[Spawn, bool]] = []
+        left: list[Spawn] = []
+        deadline = self._wait_deadline()
+        interval = 0.0005
+        pending = candidates
+        while True:
+            targets: processes.WaitTargets | None = None
+            may_wait = time.monotonic() < deadline
+            still = []
+            for spawn, late in pending:
+                status = spawn.status()
+                if status == "gone":
+                    self._forget(spawn)
+                    continue
+                if targets is None:  # read /proc only once something is not gone
+                    targets = processes.wait_targets()
+                if spawn.waited_for(targets):
+                    spawn.judged = "handed"
+                    continue
+                allowed = spawn.owner is not None and spawn.owner.allowed
+                if status == "zombie":
+                    if may_wait and targets.threads and not allowed:
+                        still.append((spawn, late))  # another thread may collect it
+                    else:
+                        zombies.append((spawn, late))
+                elif not running:
+                    continue
+                elif spawn.spawning_thread_alive():
+                    spawn.judged = "handed"  # its thread answers for it for now
+                elif may_wait and not allowed and self._may_exit_soon(spawn):
+                    still.append((spawn, late))
+                else:
+                    left.append(spawn)
+            if not still:
+                return zombies, left
+            time.sleep(interval)
+            interval = min(interval * 2, _MAX_INTERVAL)
+            pending = still
+
+    def _may_exit_soon(self, spawn: Spawn) -> bool:
+        """Whether waiting for a running child can change its verdict."""
+        if spawn.signalled or self.running_fails:
+            return True
+        stat = processes.read_stat(spawn.pid)
+        if stat is None:
+            return False
+        # On a CPU or in an uninterruptible wait: it is doing something, likely
+        # finishing (or it has just finished). Asleep or stopped, it will not
+        # exit unless asked.
+        return stat.group in self.signalled_groups or stat.state in ("R", "D", "Z")
+
+    def _wait_deadline(self) -> float:
+        now = time.monotonic()
+        deadline = now + self.grace
+        if self.deadline is not None:
+            deadline = min(deadline, self.deadline - _TIMEOUT_MARGIN)
+        return deadline
+
+    def _report_zombie(
+        self, spawn: Spawn, late: bool, found_during: str | None
+    ) -> Leak | None:
+        """Turn a zombie into a leak and clean it up where that harms nobody."""
+        stat = processes.read_stat(spawn.pid)
+        ended = processes.exit_status(spawn.pid)
+        if stat is None or stat.start_time != spawn.start_time or not stat.zombie:
+            return None  # collected between our look and now: all we ask
+        spawn.judged = "reported"
+        reaped = spawn.reap_through_holder()
+        if reaped is not None:
+            self._forget(spawn)
+        if spawn.owner is None or spawn.owner.allowed:
+            return None
+        status = ended or reaped
+        return self.finding(
+            spawn,
+            "zombie",
+            stat,
+            ended=Ended.of(status) if status else None,
+            late=late,
+            found_during=found_during if late else None,
+        )
+
+    def _adopt_orphans(self, current: Owner) -> list[Leak]:
+        """Subreaper mode: orphans that came back during this test are its own
+        (a double-forked daemon), so their later death is blamed on it."""
+        adopted = []
+        for pid in processes.child_pids():
+            if pid in self.records:
+                continue
+            stat = processes.read_stat(pid)
+            if stat is None or stat.zombie:
+                continue
+            spawn = Spawn(
+                pid,
+                stat.start_time,
+                processes.read_cmdline(pid),
+                "adopted orphan",
+                current,
+            )
+            spawn.judged = "left running"
+            self.records[pid] = spawn
+            if self.running_fails and not current.allowed:
+                spawn.judged = "reported"
+                adopted.append(self.finding(spawn, "running", stat))
+        return adopted
+
+    def _forget(self, spawn: Spawn) -> None:
+        if self.records.get(spawn.pid) is spawn:
+            del self.records[spawn.pid]
+
+    # --- the finding as the report has it ------------------------------------
+
+    def finding(
+        self,
+        spawn: Spawn,
+        kind: Kind,
+        stat: processes.Stat | None,
+        *,
+        ended: Ended | None = None,
+        late: bool = False,
+        found_during: str | None = None,
+    ) -> Leak:
+        if stat is None:
+            stat = processes.read_stat(spawn.pid)
+        frames = spawn.stack()
+        user = list(spawns.iter_user_frames(frames, self.not_user_code))
+        owner = spawn.owner
+        assert owner is not None
+        site = f"{self._relative(user[0].filename)}:{user[0].lineno}" if user else None
+        return Leak(
+            kind=kind,
+            pid=spawn.pid,
+            argv=spawn.argv or spawn.exec_argv,
+            command=self._command(spawn, stat),
+            spawned_by=spawn.how,
+            owner=self._owner_info(owner, spawn.via, user),
+            ended=ended,
+            spawn_site=site,
+            site_note=self._site_note(spawn, owner) if site is None else None,
+            test_site=self._test_site(owner, user, site),
+            stack=tuple(
+                f"{self._relative(f.filename)}:{f.lineno} in {f.function}"
+                for f in reversed(frames)
+            ),
+            thread=spawn.thread,
+            late=late,
+            found_during=found_during,
+        )
+
+    def _command(self, spawn: Spawn, stat: processes.Stat | None) -> str:
+        name = stat.name if stat is not None else None
+        if spawn.how == "unknown":
+            parent = stat.parent if stat is not None else "?"
+            return (
+                f"[{name or '?'}] (not spawned through Python, parent pid "
+                f"{parent}: command line unknown)"
+            )
+        return spawn.command(name)
+
+    def _owner_info(
+        self, owner: Owner, via: Owner | None, user: list[spawns.Frame]
+    ) -> OwnerInfo:
+        if owner.phase == "collect":
+            module = next((f for f in user if f.function == "<module>"), None)
+            if module is None:
+                return OwnerInfo(None, "collect", text="collection")
+            path = self._relative(module.filename)
+            return OwnerInfo(path, "collect", text=f"import of {path}")
+        text = owner.describe()
+        if via is not None:
+            text += f", in a pytest session it ran: {via.describe()}"
+        return OwnerInfo(
+            owner.nodeid,
+            owner.phase,
+            owner.fixture,
+            owner.fixture_scope or "function",
+            text,
+        )
+
+    def _site_note(self, spawn: Spawn, owner: Owner) -> str:
+        if spawn.how == "unknown":
+            return "not spawned through Python"
+        where = f"; the test is at {owner.test_site}" if owner.test_site else ""
+        if spawn.thread is not None:
+            return (
+                f"spawned from thread {spawn.thread!r}, whose stack holds none "
+                f"of your code{where}"
+            )
+        return f"no frame of your code on the spawning stack{where}"
+
+    def _test_site(
+        self, owner: Owner, user: list[spawns.Frame], site: str | None
+    ) -> str | None:
+        test_file = owner.test_file
+        if site is None or test_file is None or user[0].filename == test_file:
+            return None
+        frame = next((f for f in user if f.filename == test_file), None)
+        return f"{self._relative(frame.filename)}:{frame.lineno}" if frame else None
+
+    def _relative(self, filename: str) -> str:
+        try:
+            return str(Path(filename).relative_to(self.root))
+        except ValueError:
+            return filename
