@@ -18,7 +18,7 @@ from textwrap import dedent
 
 import pytest
 
-from conftest import RunInner
+from helpers import RunInner
 
 #: Imported by every inner test module (pytester's folder is on sys.path).
 INNER_HELPERS = """

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import RunInner
+from helpers import RunInner
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX only")
 

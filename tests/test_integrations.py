@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RunInner
+from helpers import RunInner
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX only")
 

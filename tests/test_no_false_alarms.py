@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from conftest import RunInner
+from helpers import RunInner
 
 #: Inner helpers: waits on real process states, each with a deadline.
 INNER_CONFTEST = """

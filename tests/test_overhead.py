@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import RunInner
+from helpers import RunInner
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX only")
 

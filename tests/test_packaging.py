@@ -20,4 +20,4 @@ def test_the_plugin_under_test_is_the_installed_wheel_not_the_checkout() -> None
         "the tests imported the source tree: run pytest through its script "
         "(see tox.ini), not `python -m pytest` from the checkout"
     )
-    assert imported in installed, f"{imported} is not in this interpreter's site-packages"
+    assert imported in installed, f"{imported} is not in site-packages"

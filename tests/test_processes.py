@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import wait_until_zombie
+from helpers import wait_until_zombie
 from pytest_nozombies import processes
 
 pytestmark = pytest.mark.skipif(not processes.SUPPORTED, reason="POSIX only")

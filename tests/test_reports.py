@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from conftest import RunInner
+from helpers import RunInner
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX only")
 

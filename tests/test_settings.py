@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import RunInner
+from helpers import RunInner
 
 #: One test that leaves a zombie: the probe for whether the plugin is checking.
 LEAKY_TEST = """

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import wait_until_zombie
+from helpers import wait_until_zombie
 from pytest_nozombies import processes, spawns
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX only")

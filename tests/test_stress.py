@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from conftest import RunInner
+from helpers import RunInner
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="POSIX only"),

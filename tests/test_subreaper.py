@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import RunInner
+from helpers import RunInner
 from pytest_nozombies import subreaper
 
 pytestmark = pytest.mark.skipif(not subreaper.AVAILABLE, reason="Linux only")
