@@ -11,6 +11,7 @@ PYTEST_DONT_REWRITE
 
 from __future__ import annotations
 
+import codecs
 import platform
 import sys
 from collections.abc import Sequence
@@ -46,6 +47,12 @@ RUNNING_HINT = (
     "then wait(), Process.join()), or mark the test "
     "@pytest.mark.allow_zombies(reason=...)."
 )
+
+
+# Looked up now, not when the first leak is reported: a codec is a module
+# imported on first use, and an import while a leak is reported can run
+# the code under test's finalizers halfway through (issue 13, point 11).
+codecs.lookup("unicode_escape")
 
 
 def readable(text: str, limit: int | None = None) -> str:
