@@ -8,7 +8,7 @@ from pathlib import Path
 _ROOT = Path(__file__).resolve().parent.parent
 # Read the version from the source rather than importing the package, so the
 # docs build in any environment, installed or not.
-_INIT = (_ROOT / "src" / "pytest_nozombies" / "__init__.py").read_text()
+_INIT = (_ROOT / "pytest_nozombies" / "__init__.py").read_text()
 _match = re.search(r'^__version__ = "([^"]+)"', _INIT, re.MULTILINE)
 
 project = "pytest-nozombies"
