@@ -64,8 +64,10 @@ class NoZombies:
 
     def assert_no_zombies(self, pid: int | None = None, timeout: float = 1.0) -> None:
         """Fail unless process ``pid`` (default: this test process) has no
-        zombie children within ``timeout`` seconds. For this process,
-        zombies that existed when the fixture was set up do not count."""
+        zombie children within ``timeout`` seconds. Its children that this
+        test signalled (``os.kill``) are first given that time to die. For
+        this process, zombies that existed when the fixture was set up do
+        not count."""
         target = os.getpid() if pid is None else pid
         deadline = time.monotonic() + timeout
         first_seen: dict[tuple[int, float], float] = {}
@@ -75,12 +77,14 @@ class NoZombies:
             now = time.monotonic()
             for child, stat in zombies:
                 first_seen.setdefault((child, stat.start_time), now)
-            if not zombies:
+            if not zombies and not self._dying(target):
                 return
             if now >= deadline:
                 break
             time.sleep(min(interval, deadline - now))
             interval = min(interval * 2, 0.05)
+        if not zombies:
+            return  # a signalled child that never died is no zombie
         parent = processes.read_stat(target)
         name = f" ({reporting.readable(parent.name)})" if parent else ""
         lines = [
@@ -119,6 +123,14 @@ class NoZombies:
                 command = " ".join(argv) if argv else f"[{stat.name}]"
                 found.append(Child(pid, stat.state, command, None, None))
         return found
+
+    def _dying(self, parent: int) -> bool:
+        """Whether a child of ``parent`` that this test signalled still runs."""
+        for pid in self._tracker.signalled_others:
+            stat = processes.read_stat(pid)
+            if stat is not None and stat.parent == parent and not stat.zombie:
+                return True
+        return False
 
     def _zombies_of(self, pid: int) -> list[tuple[int, processes.Stat]]:
         if pid != os.getpid():

@@ -229,6 +229,9 @@ class Tracker:
         self.collection = Scope()
         #: Process groups this process signalled during the running test.
         self.signalled_groups: set[int] = set()
+        #: Processes that are not its children it signalled meanwhile (a
+        #: server's worker, for the fixture's assert_no_zombies).
+        self.signalled_others: set[int] = set()
         #: pytest-timeout's deadline for the running test (time.monotonic).
         self.deadline: float | None = None
         #: An error inside a spawn wrapper, for the plugin to report.
@@ -291,6 +294,8 @@ class Tracker:
                 if spawn is not None:
                     spawn.signalled = True
                     spawn.note_exec()
+                else:
+                    self.signalled_others.add(pid)
             elif pid < -1:
                 self.signalled_groups.add(-pid)
             elif pid == 0:
@@ -343,8 +348,8 @@ class Tracker:
             test_file=test_file,
             test_site=test_site,
         )
-        if self.signalled_groups:
-            self.signalled_groups.clear()
+        self.signalled_groups.clear()
+        self.signalled_others.clear()
         if self._childless:
             # The last check found no child at all and only pytest ran since.
             self._childless = False
