@@ -146,6 +146,8 @@ class TestChecks:
                 # -W error::pytest_nozombies.ZombieWarning: the same short
                 # message as fail mode (raised outside the except block, so
                 # the warning is not chained onto it as a second copy).
+                for leak in warned:
+                    leak.verdict = FAILED_TEST
                 failing = list(own)
         if failing:
             pytest.fail(self._message(failing), pytrace=False)
