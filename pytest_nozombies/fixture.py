@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from . import processes, reporting
+from . import processes, reporting, spawns
 from .checks import TestChecks
 from .leaks import Leak
 from .tracker import Tracker
@@ -101,17 +101,15 @@ class NoZombies:
 
     def children(self) -> list[Child]:
         """The test process's children now, with what the plugin recorded."""
+        spawns.note_forks()
         found = []
         for pid in processes.child_pids():
             stat = processes.read_stat(pid)
             if stat is None:
                 continue
             spawn = self._tracker.records.get(pid)
-            if (
-                spawn is not None
-                and spawn.start_time == stat.start_time
-                and spawn.owner
-            ):
+            same = spawn is not None and spawn.identity == processes.identify(pid)
+            if spawn is not None and same and spawn.owner:
                 leak = self._tracker.finding(spawn, "running", stat)
                 found.append(
                     Child(

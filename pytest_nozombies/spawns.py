@@ -67,11 +67,11 @@ class Spawn:
         "frames",
         "holder",
         "how",
+        "identity",
         "judged",
         "owner",
         "pid",
         "signalled",
-        "start_time",
         "thread",
         "thread_ref",
         "via",
@@ -80,19 +80,17 @@ class Spawn:
     def __init__(
         self,
         pid: int,
-        start_time: float,
+        identity: processes.Identity,
         argv: tuple[str, ...] | None,
         how: str,
         owner: Owner | None,
         *,
         frames: tuple[RawFrame, ...] = (),
         holder: object | None = None,
-        thread: threading.Thread | None = None,
-        exempt: str | None = None,
     ) -> None:
         self.pid = pid
         #: With the pid, names this very process: a later child may get the pid.
-        self.start_time = start_time
+        self.identity = identity
         self.argv = argv
         #: What a forked child exec'd, read while it was alive.
         self.exec_argv: tuple[str, ...] | None = None
@@ -104,10 +102,10 @@ class Spawn:
         self.frames = frames
         self.holder = weakref.ref(holder) if holder is not None else None
         #: The thread that spawned it, if not the one running the tests.
-        self.thread = thread.name if thread is not None else None
-        self.thread_ref = weakref.ref(thread) if thread is not None else None
+        self.thread: str | None = None
+        self.thread_ref: weakref.ref[threading.Thread] | None = None
         #: Why it is never a leak: a standard library helper, nozombies_ignore.
-        self.exempt = exempt
+        self.exempt: str | None = None
         #: This process sent it a signal (``os.kill``): it is expected to exit.
         self.signalled = False
         #: Set once its scope has been judged: "left running", "handed" (to a
@@ -126,7 +124,7 @@ class Spawn:
         if isinstance(holder, subprocess.Popen) and holder.returncode is not None:
             return "gone"  # its Popen reaped it: no system call needed
         status = processes.child_status(self.pid)
-        if status != "gone" and processes.start_time(self.pid) != self.start_time:
+        if status != "gone" and processes.identify(self.pid) != self.identity:
             return "gone"  # reaped behind our back, and its pid reused since
         return status
 
@@ -252,22 +250,34 @@ class Recorder(Protocol):
     #: Folders where a spawn's stack stops (the test runner's own frames).
     stack_stop: tuple[str, ...]
 
-    def record(self, spawn: Spawn) -> None: ...
+    #: What answers for a child spawned now.
+    owner: Owner | None
 
-    def current_owner(self) -> Owner | None: ...
+    def record(self, spawn: Spawn) -> None: ...
 
     def exemption(self, argv: tuple[str, ...] | None) -> str | None: ...
 
     def note_signal(self, pid: int) -> None: ...
+
+    def internal_error(self, exc: Exception) -> None: ...
 
 
 #: The recorders of the sessions now running, innermost last (pytester runs
 #: a session inside a session).
 _recorders: list[Recorder] = []
 _originals: list[tuple[Any, str, Any]] = []
-#: While a thread runs ``Popen._execute_child``: that Popen, the holder of
-#: the child spawned meanwhile.
-_popen_starting = threading.local()
+#: The Popen each thread is starting (in ``Popen._execute_child``), by
+#: thread id: the holder of the child spawned meanwhile. A plain dict, not a
+#: threading.local: reading one of those after a fork cost 15 page faults.
+_popens_starting: dict[int, subprocess.Popen[Any]] = {}
+#: Children os.fork / os.forkpty made whose pid is not noted yet. Until the
+#: child exits or execs it shares this process's memory, and every page this
+#: process writes meanwhile is copied: noting the pid right after the fork
+#: cost 78 page faults, about 120 us per fork here, against one list append
+#: now. The rest is done the next time the plugin runs (``note_forks``):
+#: before any other spawn, at any check, at any kill, so a pid reused
+#: meanwhile can only be mistaken for a child spawned outside Python.
+_unnoted: list[tuple[Taken | None, int, str]] = []
 
 
 def install(recorder: Recorder) -> None:
@@ -310,51 +320,88 @@ def _patch(owner: Any, name: str, make: Callable[[Any, str], Any]) -> None:
     setattr(owner, name, make(original, name))
 
 
-def _note_spawn(pid: int, argv: tuple[str, ...] | None, how: str) -> None:
-    # Called by a wrapper, itself called by the spawning code; runs in the
-    # parent only. Any error here would break the caller's spawn: the child
-    # exists by now, so a failure to record it must never surface.
-    if not _recorders or pid <= 0:
-        return
+#: What a wrapper takes just before a spawn: the recorder, the owner, the
+#: calling stack, the multiprocessing.Process being started, the Popen being
+#: started, and the spawning thread if it is not the one running the tests.
+Taken = tuple[
+    Recorder,
+    "Owner | None",
+    tuple[RawFrame, ...],
+    object,
+    object,
+    "threading.Thread | None",
+]
+
+
+def _take() -> Taken | None:
+    """What only the moment before a spawn can tell; the record is made
+    from it after the spawn, outside the spawning code's way (see
+    ``_unnoted``: the fewer objects touched here, the fewer pages a fork
+    makes the kernel copy)."""
+    if not _recorders:
+        return None
+    if _unnoted:
+        note_forks()
     recorder = _recorders[-1]
     try:
-        started = processes.start_time(pid)
-        if started is None:
-            return  # already reaped (SIGCHLD ignored, a handler): nothing to follow
         frames, process = _capture_stack(recorder.stack_stop)
-        holder: object | None = getattr(_popen_starting, "popen", None)
-        if holder is not None:
+        ident = threading.get_ident()
+        popen = _popens_starting.get(ident) if _popens_starting else None
+        thread = threading.current_thread() if ident != recorder.thread_id else None
+        return recorder, recorder.owner, frames, process, popen, thread
+    except Exception as exc:  # a bug of ours must never break the spawn
+        recorder.internal_error(exc)
+        return None
+
+
+def note_forks() -> None:
+    """Note the children os.fork / os.forkpty made since last time."""
+    while _unnoted:
+        try:
+            taken, pid, how = _unnoted.pop(0)  # one at a time, from any thread
+        except IndexError:
+            return
+        _note(taken, pid, None, how)
+
+
+def _note(
+    taken: Taken | None, pid: int, argv: tuple[str, ...] | None, how: str
+) -> None:
+    """Record the child ``pid``, just spawned by this process."""
+    if taken is None or pid <= 0:
+        return
+    recorder, owner, frames, process, popen, thread = taken
+    try:
+        identity = processes.identify(pid)
+        if identity is None:
+            return  # already reaped (SIGCHLD ignored, a handler): nothing to follow
+        holder = popen if popen is not None else process
+        if popen is not None:
             how = "subprocess.Popen"
         elif process is not None:
-            holder = process
             how = f"multiprocessing.Process(name={getattr(process, 'name', '?')!r})"
-        thread = None
-        if threading.get_ident() != recorder.thread_id:
-            thread = threading.current_thread()
-        recorder.record(
-            Spawn(
-                pid,
-                started,
-                argv,
-                how,
-                recorder.current_owner(),
-                frames=frames,
-                holder=holder,
-                thread=thread,
-                exempt=recorder.exemption(argv),
-            )
-        )
-    except Exception:  # pragma: no cover - a bug of ours must not break a spawn
-        pass
+        spawn = Spawn(pid, identity, argv, how, owner, frames=frames, holder=holder)
+        spawn.thread = thread.name if thread is not None else None
+        spawn.thread_ref = weakref.ref(thread) if thread is not None else None
+        spawn.exempt = recorder.exemption(argv)
+        recorder.record(spawn)
+    except Exception as exc:  # a bug of ours must never break the spawn
+        recorder.internal_error(exc)
+
+
+#: ``multiprocessing.process.BaseProcess.start``'s code, once it is imported.
+_mp_start: CodeType | None = None
 
 
 def _capture_stack(stop: tuple[str, ...]) -> tuple[tuple[RawFrame, ...], object | None]:
     """The calling stack, innermost first, and the ``multiprocessing.Process``
     being started, if one is; no source file is read."""
+    global _mp_start
     frames: list[RawFrame] = []
     process = None
-    mp = sys.modules.get("multiprocessing.process")
-    start_code = mp.BaseProcess.start.__code__ if mp is not None else None
+    if _mp_start is None and "multiprocessing.process" in sys.modules:
+        _mp_start = sys.modules["multiprocessing.process"].BaseProcess.start.__code__
+    start_code = _mp_start
     frame = sys._getframe(2)
     while frame is not None and len(frames) < _MAX_STACK:
         code = frame.f_code
@@ -397,9 +444,10 @@ def _as_argv(args: Any) -> tuple[str, ...] | None:
 def _wrap_fork(original: Callable[[], int], name: str) -> Callable[[], int]:
     @functools.wraps(original)
     def fork() -> int:
+        taken = _take()
         pid = original()
-        if pid:
-            _note_spawn(pid, None, "os.fork")
+        if pid and taken is not None:
+            _unnoted.append((taken, pid, "os.fork"))  # and nothing more: see _unnoted
         return pid
 
     return fork
@@ -410,9 +458,10 @@ def _wrap_forkpty(
 ) -> Callable[[], tuple[int, int]]:
     @functools.wraps(original)
     def forkpty() -> tuple[int, int]:
+        taken = _take()
         pid, fd = original()
-        if pid:
-            _note_spawn(pid, None, "os.forkpty")
+        if pid and taken is not None:
+            _unnoted.append((taken, pid, "os.forkpty"))  # nothing more: see _unnoted
         return pid, fd
 
     return forkpty
@@ -421,8 +470,9 @@ def _wrap_forkpty(
 def _wrap_posix_spawn(original: Callable[..., int], name: str) -> Callable[..., int]:
     @functools.wraps(original)
     def posix_spawn(path: Any, argv: Any, *args: Any, **kwargs: Any) -> int:
+        taken = _take()
         pid = original(path, argv, *args, **kwargs)
-        _note_spawn(pid, _as_argv(argv), f"os.{name}")
+        _note(taken, pid, _as_argv(argv), f"os.{name}")
         return pid
 
     return posix_spawn
@@ -432,8 +482,9 @@ def _wrap_fork_exec(original: Callable[..., int], name: str) -> Callable[..., in
     # subprocess and multiprocessing's spawn start method both end here.
     @functools.wraps(original)
     def fork_exec(args: Any, *rest: Any, **kwargs: Any) -> int:
+        taken = _take()
         pid = original(args, *rest, **kwargs)
-        _note_spawn(pid, _as_argv(args), "fork_exec")
+        _note(taken, pid, _as_argv(args), "fork_exec")
         return pid
 
     return fork_exec
@@ -447,12 +498,16 @@ def _wrap_execute_child(
         # The Popen is the holder of the child its fork_exec spawns on this
         # thread; one started meanwhile (a finalizer, a signal handler) sets
         # its own and puts this one back.
-        outer = getattr(_popen_starting, "popen", None)
-        _popen_starting.popen = self
+        ident = threading.get_ident()
+        outer = _popens_starting.get(ident)
+        _popens_starting[ident] = self
         try:
             original(self, *args, **kwargs)
         finally:
-            _popen_starting.popen = outer
+            if outer is None:
+                _popens_starting.pop(ident, None)
+            else:
+                _popens_starting[ident] = outer
 
     return _execute_child
 

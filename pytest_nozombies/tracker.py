@@ -241,7 +241,7 @@ class Tracker:
         self._pid = os.getpid()
         self._forks = len(_forks)
         #: Zombies that existed when the running test started.
-        self._baseline: frozenset[tuple[int, float]] = frozenset()
+        self._baseline: frozenset[tuple[int, processes.Identity | None]] = frozenset()
         #: The last check found no child at all: the next test needs no baseline.
         self._childless = False
 
@@ -250,13 +250,13 @@ class Tracker:
     def start_recording(self) -> None:
         """Wrap the spawning functions; children that exist now are nobody's."""
         if spawns._recorders:
-            self.outer_owner = spawns._recorders[-1].current_owner()
+            self.outer_owner = spawns._recorders[-1].owner
         spawns.install(self)
         for pid in processes.child_pids():
-            started = processes.start_time(pid)
-            if started is not None and pid not in self.records:
+            identity = processes.identify(pid)
+            if identity is not None and pid not in self.records:
                 self.records[pid] = Spawn(
-                    pid, started, processes.read_cmdline(pid), "unknown", None
+                    pid, identity, processes.read_cmdline(pid), "unknown", None
                 )
 
     def stop_recording(self) -> None:
@@ -281,14 +281,12 @@ class Tracker:
         if spawn.owner is not None and spawn.exempt is None:
             spawn.owner.scope.children.append(spawn)
 
-    def current_owner(self) -> Owner | None:
-        return self.owner
-
     def exemption(self, argv: tuple[str, ...] | None) -> str | None:
         return spawns.exemption(argv, self.ignore)
 
     def note_signal(self, pid: int) -> None:
         try:
+            spawns.note_forks()
             if pid > 0:
                 spawn = self.records.get(pid)
                 if spawn is not None:
@@ -356,7 +354,7 @@ class Tracker:
             self._baseline = frozenset()
         else:
             self._baseline = frozenset(
-                (pid, s.start_time) for pid, s in processes.zombie_children()
+                (pid, processes.identify(pid)) for pid, _ in processes.zombie_children()
             )
 
     def enter_phase(self, phase: str) -> None:
@@ -399,6 +397,7 @@ class Tracker:
         The fast path of nearly every test is one system call: nothing was
         recorded for it (or all of it was reaped) and no child has exited.
         """
+        spawns.note_forks()
         test, self.test, self.owner = self.test, None, None
         if test is None:
             return NOTHING
@@ -450,6 +449,7 @@ class Tracker:
         """At the end of the session: children that outlived their scope (or
         were handed to a thread) and still run, each with the owner that
         answered for it when its scope ended."""
+        spawns.note_forks()
         found = []
         for spawn in list(self.records.values()):
             owner = spawn.owner
@@ -486,6 +486,7 @@ class Tracker:
         others: Others,
         running: bool,
     ) -> Verdict:
+        spawns.note_forks()
         candidates = [
             (s, False) for s in (scope.children if scope else ()) if s.judged is None
         ]
@@ -513,9 +514,12 @@ class Tracker:
         """Zombies outside ``scope``: late leaks of scopes judged earlier, and
         zombies nobody recorded (blamed on ``current``)."""
         found: list[tuple[Spawn, bool]] = []
-        for pid, stat in processes.zombie_children():
+        for pid, _ in processes.zombie_children():
             spawn = self.records.get(pid)
-            if spawn is not None and spawn.start_time == stat.start_time:
+            identity = processes.identify(pid)
+            if identity is None:
+                continue  # collected meanwhile
+            if spawn is not None and spawn.identity == identity:
                 owner = spawn.owner
                 if (
                     not late
@@ -527,8 +531,8 @@ class Tracker:
                 if owner.scope.open:
                     continue  # its own scope (a fixture still set up) judges it
                 found.append((spawn, True))
-            elif current is not None and (pid, stat.start_time) not in self._baseline:
-                unknown = Spawn(pid, stat.start_time, None, "unknown", current)
+            elif current is not None and (pid, identity) not in self._baseline:
+                unknown = Spawn(pid, identity, None, "unknown", current)
                 self.records[pid] = unknown
                 found.append((unknown, False))
         return found
@@ -603,7 +607,11 @@ class Tracker:
         """Turn a zombie into a leak and clean it up where that harms nobody."""
         stat = processes.read_stat(spawn.pid)
         ended = processes.exit_status(spawn.pid)
-        if stat is None or stat.start_time != spawn.start_time or not stat.zombie:
+        if (
+            stat is None
+            or not stat.zombie
+            or processes.identify(spawn.pid) != spawn.identity
+        ):
             return None  # collected between our look and now: all we ask
         spawn.judged = "reported"
         reaped = spawn.reap_through_holder()
@@ -629,11 +637,12 @@ class Tracker:
             if pid in self.records:
                 continue
             stat = processes.read_stat(pid)
-            if stat is None or stat.zombie:
+            identity = processes.identify(pid)
+            if stat is None or stat.zombie or identity is None:
                 continue
             spawn = Spawn(
                 pid,
-                stat.start_time,
+                identity,
                 processes.read_cmdline(pid),
                 "adopted orphan",
                 current,
