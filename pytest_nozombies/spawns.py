@@ -349,6 +349,8 @@ def _take() -> Taken | None:
         popen = _popens_starting.get(ident) if _popens_starting else None
         thread = threading.current_thread() if ident != recorder.thread_id else None
         return recorder, recorder.owner, frames, process, popen, thread
+    except RecursionError:
+        return None  # the caller's stack is full (nested signal handlers): skip
     except Exception as exc:  # a bug of ours must never break the spawn
         recorder.internal_error(exc)
         return None
@@ -385,6 +387,8 @@ def _note(
         spawn.thread_ref = weakref.ref(thread) if thread is not None else None
         spawn.exempt = recorder.exemption(argv)
         recorder.record(spawn)
+    except RecursionError:
+        pass  # the caller's stack is full (nested signal handlers): skip
     except Exception as exc:  # a bug of ours must never break the spawn
         recorder.internal_error(exc)
 
