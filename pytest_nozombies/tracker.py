@@ -298,6 +298,8 @@ class Tracker:
                 self.signalled_groups.add(-pid)
             elif pid == 0:
                 self.signalled_groups.add(os.getpgrp())
+        except RecursionError:
+            pass  # the caller's stack is full (nested signal handlers)
         except Exception as exc:  # reported by the plugin, never to the caller
             self.failure = exc
 
