@@ -45,12 +45,12 @@ def test_spawn_line_is_the_users_helper_not_subprocess(
     assert "subprocess.py" not in result.stdout.str()
 
 
-def test_leak_from_a_thread_names_the_threads_line(
+def test_leak_from_a_thread_names_the_thread_and_its_line(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:
     pytester.makepyfile(
-        """
-        import subprocess, threading
+        test_thread="""
+        import os, subprocess, threading
 
         kept = []
 
@@ -58,15 +58,22 @@ def test_leak_from_a_thread_names_the_threads_line(
             kept.append(subprocess.Popen(["sh", "-c", "exit 6"]))  # line 6
 
         def test_thread():
-            t = threading.Thread(target=spawn)
+            t = threading.Thread(target=spawn, name="spawner")
             t.start()
             t.join()
+            os.waitid(os.P_PID, kept[0].pid, os.WEXITED | os.WNOWAIT)
         """
     )
     result = run_inner()
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
-        ["*ended: exited with code 6", "*spawned at: test_leak_from_a_thread*.py:6"]
+        [
+            "    ended: exited with code 6",
+            "    spawned by: subprocess.Popen from thread 'spawner' during "
+            "test_thread.py::test_thread (call)",
+            "    spawned at: test_thread.py:6",
+        ],
+        consecutive=True,
     )
 
 
@@ -108,9 +115,9 @@ def test_module_fixture_leak_is_reported_against_the_fixture(
 def test_each_phase_is_named_for_children_of_tests_and_fixtures(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:
-    # No hook marks the call phase: pytest's own PYTEST_CURRENT_TEST tells it
-    # when a child is spawned. A fixture first requested in the test body is
-    # set up during the call phase, and says so.
+    # Each phase of a test, and each fixture's setup and teardown, owns what
+    # it spawns. A fixture first requested in the test body is named by its
+    # own phase, being set up (the test's call phase is not its owner).
     pytester.makepyfile(
         test_phases="""
         import subprocess
@@ -124,6 +131,8 @@ def test_each_phase_is_named_for_children_of_tests_and_fixtures(
         @pytest.fixture
         def early():
             spawn(11)
+            yield
+            spawn(15)
 
         @pytest.fixture
         def late():
@@ -132,65 +141,69 @@ def test_each_phase_is_named_for_children_of_tests_and_fixtures(
         def test_phases(early, request):
             spawn(13)
             request.getfixturevalue("late")
+            request.addfinalizer(lambda: spawn(14))
         """
     )
     result = run_inner("-p", "no:randomly")
     result.assert_outcomes(passed=1, errors=1)
     nodeid = "test_phases.py::test_phases"
+    result.stdout.fnmatch_lines(["*= nozombies: 5 zombie leaks =*"])
     result.stdout.fnmatch_lines_random(
         [
-            f"*fixture 'early' (function scope, setup of {nodeid}): pid * "
+            f"fixture 'early' (function scope, setup of {nodeid}): pid * "
             "sh -c 'exit 11'*",
-            f"*{nodeid} (call): pid * sh -c 'exit 13'*",
-            f"*fixture 'late' (function scope, call of {nodeid}): pid * "
+            f"{nodeid} (call): pid * sh -c 'exit 13'*",
+            f"fixture 'late' (function scope, setup of {nodeid}): pid * "
             "sh -c 'exit 12'*",
+            f"{nodeid} (teardown): pid * sh -c 'exit 14'*",
+            f"fixture 'early' (function scope, teardown of {nodeid}): pid * "
+            "sh -c 'exit 15'*",
         ]
     )
 
 
-def test_a_test_that_clears_the_environment_is_still_blamed(
+def test_a_test_that_clears_the_environment_is_still_blamed_with_its_phase(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:
+    # pytest's PYTEST_CURRENT_TEST is gone with the rest of the environment:
+    # the phase comes from pytest's hooks, not from it.
     pytester.makepyfile(
         test_env="""
         import os
         import subprocess
+        import pytest
 
-        def test_clears(monkeypatch):
-            monkeypatch.delenv("PYTEST_CURRENT_TEST")
-            test_clears.proc = subprocess.Popen(["sh", "-c", "exit 14"])
+        KEPT = []
+
+        def spawn_without_environment(code):
+            saved = dict(os.environ)
+            os.environ.clear()
+            try:
+                KEPT.append(subprocess.Popen(["sh", "-c", f"exit {code}"]))
+            finally:
+                os.environ.update(saved)
+
+        @pytest.fixture
+        def cleared():
+            spawn_without_environment(13)
+
+        def test_clears(cleared, request):
+            spawn_without_environment(14)
+            request.addfinalizer(lambda: spawn_without_environment(15))
         """
     )
     result = run_inner()
     result.assert_outcomes(passed=1, errors=1)
-    # Without pytest's word on the phase it is a guess: "call" for what the
-    # test itself spawns before its teardown (right here).
     result.stdout.fnmatch_lines(
-        ["*test_env.py::test_clears (call): pid * sh -c 'exit 14'*"]
+        [
+            "*= nozombies: 3 zombie leaks =*",
+            "fixture 'cleared' (function scope, setup of test_env.py::test_clears): "
+            "pid * sh -c 'exit 13'*",
+            "test_env.py::test_clears (call): pid * sh -c 'exit 14'*",
+            "test_env.py::test_clears (teardown): pid * sh -c 'exit 15'*",
+        ],
+        consecutive=True,
     )
-
-
-@pytest.mark.parametrize(
-    ("nodeid", "value", "phase"),
-    [
-        ("test_x.py::test_a", "test_x.py::test_a (call)", "call"),
-        ("test_x.py::test_a[x (y)]", "test_x.py::test_a[x (y)] (setup)", "setup"),
-        ("test_x.py::test_a", "test_x.py::test_a (teardown)", "teardown"),
-        ("test_x.py::test_a", "test_x.py::test_a (later)", None),
-        ("test_x.py::test_a", "test_x.py::test_a", None),
-        # Another test's phase (a nested pytester run's) is not this test's.
-        ("test_x.py::test_a", "test_x.py::test_ab (call)", None),
-        ("test_x.py::test_a", "inner.py::test_a (call)", None),
-        ("test_x.py::test_a", "", None),
-    ],
-)
-def test_the_phase_is_read_from_pytest_current_test(
-    monkeypatch: pytest.MonkeyPatch, nodeid: str, value: str, phase: str | None
-) -> None:
-    from pytest_nozombies.checks import pytest_phase
-
-    monkeypatch.setenv("PYTEST_CURRENT_TEST", value)
-    assert pytest_phase(nodeid) == phase
 
 
 def test_module_fixture_teardown_leak_is_reported_against_the_fixture(
@@ -308,32 +321,97 @@ def test_other():
     pass
 """
 
+LEFT_RUNNING_LINE = (
+    "test_left.py::test_leaves_server_running (call): pid * "
+    "-c 'import sys; sys.stdin.read()', spawned at test_left.py:5"
+)
+
 
 @pytest.mark.parametrize(
-    ("running", "ret", "listed"),
-    [("warn", 0, True), ("fail", 1, True), ("ignore", 0, False)],
+    ("running", "outcomes", "ret", "closing"),
+    [
+        pytest.param(
+            "warn", {"passed": 2}, 0, "2 passed, 1 child left running", id="warn"
+        ),
+        pytest.param(
+            "fail",
+            {"passed": 2, "errors": 1},
+            1,
+            "2 passed, 1 error, 1 child left running",
+            id="fail",
+        ),
+        pytest.param("ignore", {"passed": 2}, 0, None, id="ignore"),
+    ],
 )
-def test_children_still_running_at_the_end_are_listed(
+def test_a_child_left_running_is_listed_or_fails_its_test(
     pytester: pytest.Pytester,
     run_inner: RunInner,
     running: str,
+    outcomes: dict[str, int],
     ret: int,
-    listed: bool,
+    closing: str | None,
 ) -> None:
     pytester.makeini(f"[pytest]\nnozombies_running = {running}\n")
     pytester.makepyfile(test_left=LEAVES_A_CHILD_RUNNING)
     result = run_inner("--nozombies-grace=0")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(**outcomes)
     assert result.ret == ret
-    lines = [
-        "*= nozombies: 1 child still running =*",
-        "test_left.py::test_leaves_server_running (call): pid * "
-        "-c 'import sys; sys.stdin.read()', spawned at test_left.py:5",
-    ]
-    if listed:
-        result.stdout.fnmatch_lines(lines)
+    if closing is None:
+        result.stdout.no_fnmatch_line("*left running*")
+        result.stdout.no_fnmatch_line("*= nozombies:*")
+        return
+    if running == "fail":
+        # Failed when its scope ended, with the same block as a zombie's.
+        result.stdout.fnmatch_lines(
+            [
+                "*_ ERROR at teardown of test_leaves_server_running _*",
+                "test left 1 child process running:",
+                "  pid *: *python* -c 'import sys; sys.stdin.read()'",
+                "    spawned by: subprocess.Popen during "
+                "test_left.py::test_leaves_server_running (call)",
+                "    spawned at: test_left.py:5",
+                "Stop and wait for every child a test starts*",
+            ],
+            consecutive=True,
+        )
     else:
-        result.stdout.no_fnmatch_line("*still running*")
+        result.stdout.no_fnmatch_line("*ERROR at teardown*")
+    result.stdout.fnmatch_lines(
+        ["*= nozombies: 1 child left running =*", LEFT_RUNNING_LINE],
+        consecutive=True,
+    )
+    result.stdout.fnmatch_lines([f"*= {closing} in *"])
+
+
+def test_a_child_left_running_then_stopped_is_not_listed_in_warn_mode(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    # Left running by test_a, stopped and waited for by test_b: under the
+    # default nozombies_running = warn only children still running at the end
+    # of the session are listed, and a child that was waited for is no leak.
+    pytester.makepyfile(
+        test_left="""
+        import subprocess, sys
+
+        state = {}
+
+        def test_a_starts_a_server():
+            state["proc"] = subprocess.Popen(
+                [sys.executable, "-c", "import sys; sys.stdin.read()"],
+                stdin=subprocess.PIPE,
+            )
+
+        def test_b_stops_it():
+            proc = state["proc"]
+            proc.stdin.close()
+            assert proc.wait(timeout=30) == 0
+        """
+    )
+    result = run_inner("--nozombies-grace=0")
+    result.assert_outcomes(passed=2)
+    assert result.ret == 0
+    result.stdout.no_fnmatch_line("*left running*")
+    result.stdout.no_fnmatch_line("*= nozombies:*")
 
 
 def test_stdlib_helpers_are_not_listed_as_running(
@@ -498,31 +576,41 @@ def test_reused_pid_is_not_confused_with_an_earlier_child(
 def test_a_child_spawned_while_its_test_is_judged_is_still_that_tests(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:
-    # test_a leaves child A running and a thread that, once test_a's teardown
-    # has begun (its finalizer says so), spawns child B and only then lets A
-    # exit: B is spawned in test_a's teardown, and test_a must answer for it.
-    # The short sleep makes it nearly always land while the plugin waits out
-    # the grace period for A, the case this guards; the verdict is the same
-    # either way.
+    # test_a asks child A to stop (SIGTERM), but A ignores it until its stdin
+    # closes, so the plugin waits out the grace period for A in test_a's
+    # teardown. Meanwhile a thread of test_a spawns child B and only then
+    # lets A exit: B is spawned while test_a is judged, and test_a must
+    # answer for it. B is not among the children being judged then, so it is
+    # blamed later, as a late leak of test_a's teardown (the verdict is the
+    # same if the thread spawns before the judging starts; the short sleep
+    # makes it nearly always land during the grace wait, the case this
+    # guards).
     pytester.makepyfile(
         """
         import subprocess, sys, threading, time
 
         kept = []
         teardown_started = threading.Event()
+        IGNORES_SIGTERM = (
+            "import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); sys.stdin.read()"
+        )
 
         def spawn_then_release(a):
             assert teardown_started.wait(timeout=30)
             time.sleep(0.2)
-            kept.append(subprocess.Popen(["true"]))
+            kept.append(subprocess.Popen(["true"]))  # line 13
             a.stdin.close()
 
         def test_a(request):
-            a = subprocess.Popen(
-                [sys.executable, "-c", "import sys; sys.stdin.read()"],
+            a = subprocess.Popen(  # line 17
+                [sys.executable, "-c", IGNORES_SIGTERM],
                 stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
             )
             kept.append(a)
+            assert a.stdout.readline() == b"ready\\n"
+            a.terminate()
             request.addfinalizer(teardown_started.set)
             threading.Thread(target=spawn_then_release, args=(a,)).start()
 
@@ -535,8 +623,8 @@ def test_a_child_spawned_while_its_test_is_judged_is_still_that_tests(
     result.stdout.fnmatch_lines(
         [
             "*= nozombies: 2 zombie leaks =*",
-            "*::test_a (call): pid * exited with code 0, spawned at *.py:13",
-            "*::test_a (teardown): pid * true, exited with code 0, spawned at *.py:9 *",
+            "*::test_a (call): pid * exited with code 0, spawned at *.py:17",
+            "*::test_a (teardown): pid * true, exited with code 0, spawned at *.py:13*",
         ],
         consecutive=False,
     )
