@@ -1,4 +1,4 @@
-"""Blame the right test or fixture, and say exactly what leaked (issue 3)."""
+"""Blame the right test or fixture, and name what leaked as the user knows it."""
 
 from __future__ import annotations
 
@@ -11,38 +11,80 @@ from helpers import RunInner
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX only")
 
 
-def test_spawn_line_is_the_users_helper_not_subprocess(
+def test_spawn_line_is_the_users_library_and_via_the_tests_line(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:
+    # A helper package of the project, beside its tests: the spawn line is
+    # the package's (never subprocess's), and the test's own line that led
+    # to it is shown too, without -vv.
+    pytester.makeini("[pytest]\npythonpath = .\n")
+    pytester.mkpydir("myproject")
     pytester.makepyfile(
-        helpers="""
-        import subprocess
+        **{
+            "myproject/servers": """
+            import subprocess
 
-        def start_server():
-            return _really_start()
+            def start_server():
+                return _really_start()
 
-        def _really_start():
-            return subprocess.Popen(["sh", "-c", "exit 4"])  # line 7
-        """,
-        test_deep="""
-        import helpers
+            def _really_start():
+                return subprocess.Popen(["sh", "-c", "exit 4"])  # line 7
+            """,
+            "tests/test_deep": """
+            import os
+            from myproject import servers
 
-        def test_leaks_through_helpers():
-            test_leaks_through_helpers.proc = helpers.start_server()
-        """,
+            def test_leaks_through_a_library():
+                proc = servers.start_server()  # line 5
+                test_leaks_through_a_library.proc = proc
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            """,
+        }
     )
     result = run_inner()
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         [
-            "*pid *: sh -c 'exit 4'",
-            "*ended: exited with code 4",
-            "*spawned by: subprocess.Popen during test_deep.py::"
-            "test_leaks_through_helpers (call)",
-            "*spawned at: helpers.py:7",
+            "  pid *: sh -c 'exit 4'",
+            "    ended: exited with code 4",
+            "    spawned by: subprocess.Popen during tests/test_deep.py::"
+            "test_leaks_through_a_library (call)",
+            "    spawned at: myproject/servers.py:7",
+            "    via: tests/test_deep.py:5",
+            "Wait for every child you start*",
+        ],
+        consecutive=True,
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*= nozombies: 1 zombie leak =*",
+            "tests/test_deep.py::test_leaks_through_a_library (call): pid * "
+            "sh -c 'exit 4', exited with code 4, spawned at myproject/servers.py:7",
         ]
     )
     assert "subprocess.py" not in result.stdout.str()
+
+
+def test_a_spawn_in_the_tests_own_file_has_no_via_line(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    pytester.makepyfile(
+        """
+        import os, subprocess
+
+        def start():
+            return subprocess.Popen(["sh", "-c", "exit 4"])  # line 4
+
+        def test_leaks_through_a_helper_of_its_file():
+            proc = start()
+            test_leaks_through_a_helper_of_its_file.proc = proc
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        """
+    )
+    result = run_inner()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["    spawned at: *.py:4", "Wait for every child*"])
+    result.stdout.no_fnmatch_line("*via:*")
 
 
 def test_leak_from_a_thread_names_the_thread_and_its_line(
@@ -74,6 +116,200 @@ def test_leak_from_a_thread_names_the_thread_and_its_line(
             "    spawned at: test_thread.py:6",
         ],
         consecutive=True,
+    )
+
+
+def test_a_thread_spawn_with_none_of_the_users_code_says_why_and_points_at_the_test(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    # The thread runs subprocess.Popen itself (as trio's open_process hands
+    # it to a worker thread): no frame of the user's code is on its stack.
+    # The child blocks on a pipe until the test lets it go, so the Popen,
+    # dropped while it still runs, is parked by CPython unreaped.
+    pytester.makepyfile(
+        test_thread="""
+        import os, subprocess, threading
+
+
+        def test_thread_spawns():  # line 4
+            r, w = os.pipe()
+            t = threading.Thread(
+                target=subprocess.Popen,
+                args=(["sh", "-c", "read x; exit 5"],),
+                kwargs={"stdin": r},
+                name="spawner",
+            )
+            t.start()
+            t.join()
+            os.close(r)
+            (pid,) = [p.pid for p in subprocess._active]
+            os.close(w)
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        """
+    )
+    result = run_inner()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "  pid *: sh -c 'read x; exit 5'",
+            "    ended: exited with code 5",
+            "    spawned by: subprocess.Popen from thread 'spawner' during "
+            "test_thread.py::test_thread_spawns (call)",
+            "    spawned at: unknown (spawned from thread 'spawner', whose stack "
+            "holds none of your code; the test is at test_thread.py:4)",
+            "Wait for every child you start*",
+        ],
+        consecutive=True,
+    )
+
+
+# --- names as the user knows them ---------------------------------------------
+
+EXECS_CAT = """
+import os, pty, signal, time
+
+KEPT = []
+
+def fork_cat():
+    pid, fd = pty.fork()  # line 6
+    if pid == 0:
+        os.execv("/bin/cat", ["cat", "-u"])
+    KEPT.append(fd)
+    wait_for_exec(pid)
+    return pid
+
+def test_killed():
+    pid = fork_cat()
+    os.kill(pid, signal.SIGKILL)  # never waited for
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+
+def test_left_running():
+    fork_cat()
+
+def wait_for_exec(pid):
+    # Until it has exec'd, the child's command line is the test process's.
+    deadline = time.monotonic() + 30
+    while True:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if f.read() == b"cat\\0-u\\0":
+                return
+        assert time.monotonic() < deadline, "cat never started"
+        time.sleep(0.001)
+"""
+
+
+def test_a_forked_child_that_execd_shows_its_command_leaked_or_left_running(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    # pty.fork + execv, as pexpect does: the command it exec'd is read while
+    # it is alive (when it is signalled, or when its test ends with it still
+    # running), and a zombie and a child left running read alike.
+    pytester.makeini("[pytest]\nnozombies_running = fail\n")
+    pytester.makepyfile(test_cat=EXECS_CAT)
+    result = run_inner("--nozombies-grace=0", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=2)
+    zombie = [
+        "test left 1 zombie child process (exited, never waited for):",
+        "  pid *: cat -u (forked by os.forkpty)",
+        "    ended: killed by SIGKILL (9)",
+    ]
+    running = [
+        "test left 1 child process running:",
+        "  pid *: cat -u (forked by os.forkpty)",
+    ]
+    for test, head, hint in [
+        ("test_killed", zombie, "Wait for every child*"),
+        ("test_left_running", running, "Stop and wait for every child*"),
+    ]:
+        result.stdout.fnmatch_lines(
+            [
+                f"*_ ERROR at teardown of {test} _*",
+                *head,
+                f"    spawned by: os.forkpty during test_cat.py::{test} (call)",
+                "    spawned at: test_cat.py:6",
+                hint,
+            ],
+            consecutive=True,
+        )
+    result.stdout.fnmatch_lines(
+        [
+            "*= nozombies: 1 zombie leak =*",
+            "test_cat.py::test_killed (call): pid * cat -u (forked by os.forkpty), "
+            "killed by SIGKILL (9), spawned at test_cat.py:6",
+            "*= nozombies: 1 child left running =*",
+            "test_cat.py::test_left_running (call): pid * cat -u (forked by "
+            "os.forkpty), spawned at test_cat.py:6",
+        ],
+        consecutive=True,
+    )
+
+
+def test_unittest_class_fixtures_are_named_as_written(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    pytester.makepyfile(
+        test_server="""
+        import os, subprocess, unittest
+
+        def leak(code):
+            p = subprocess.Popen(["sh", "-c", f"exit {code}"])  # line 4
+            os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+            return p
+
+        class BadClassServer(unittest.TestCase):
+            @classmethod
+            def setUpClass(cls):
+                cls.started = leak(2)
+
+            @classmethod
+            def tearDownClass(cls):
+                cls.stopped = leak(3)
+
+            def test_one(self):
+                pass
+        """
+    )
+    result = run_inner()
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    nodeid = "test_server.py::BadClassServer::test_one"
+    result.stdout.fnmatch_lines(
+        [
+            "*= nozombies: 2 zombie leaks =*",
+            f"BadClassServer.setUpClass (of {nodeid}): pid * sh -c 'exit 2', "
+            "exited with code 2, spawned at test_server.py:4",
+            f"BadClassServer.tearDownClass (of {nodeid}): pid * sh -c 'exit 3', "
+            "exited with code 3, spawned at test_server.py:4",
+        ],
+        consecutive=True,
+    )
+    result.stdout.no_fnmatch_line("*_unittest_setUpClass_fixture*")
+
+
+def test_pool_workers_show_their_process_name(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    pytester.makepyfile(
+        test_pool="""
+        import multiprocessing
+
+        KEPT = []
+
+        def test_pool_left_open():
+            KEPT.append(multiprocessing.get_context("fork").Pool(2))  # line 6
+        """
+    )
+    result = run_inner()
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*= nozombies: 2 children left running =*"])
+    result.stdout.fnmatch_lines_random(
+        [
+            "test_pool.py::test_pool_left_open (call): pid * [[]*[]] (forked by "
+            f"multiprocessing.Process(name='ForkPoolWorker-{n}')), "
+            "spawned at test_pool.py:6"
+            for n in (1, 2)
+        ]
     )
 
 
