@@ -411,9 +411,15 @@ class Tracker:
                 scope.open = False
                 return NOTHING
         current = test.with_phase("teardown")
-        verdict = self._end_scope(
-            scope, current, found_during=test.nodeid, others="all"
-        )
+        # Still the test's teardown: a child that one of its threads spawns
+        # while it is judged (during the grace period) is its own, a late leak.
+        self.owner = current
+        try:
+            verdict = self._end_scope(
+                scope, current, found_during=test.nodeid, others="all"
+            )
+        finally:
+            self.owner = None
         if self.adopt_orphans:
             verdict.running.extend(self._adopt_orphans(current))
         return verdict

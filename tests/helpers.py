@@ -13,6 +13,7 @@ import os
 import select
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +43,14 @@ def wait_for(predicate: Callable[[], object], timeout: float = DEADLINE) -> None
             raise TimeoutError(f"condition not met within {timeout}s")
         time.sleep(interval)
         interval = min(interval * 2, 0.05)
+
+
+def line_of(path: Path, marker: str) -> int:
+    """The number of the one line of ``path`` that carries ``marker``."""
+    found = [
+        number
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if marker in line
+    ]
+    assert len(found) == 1, f"{marker!r} should mark exactly one line: {found}"
+    return found[0]
