@@ -483,6 +483,11 @@ class Tracker:
             )
         finally:
             scope.open = False
+            for spawn in scope.children:
+                if spawn.judged is None:
+                    # Spawned while the scope was judged (by one of its
+                    # threads): a late leak if it dies, listed if it runs on.
+                    spawn.judged = "handed"
             scope.children = []
 
     def _judge(
