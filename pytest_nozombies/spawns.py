@@ -266,8 +266,9 @@ class Recorder(Protocol):
 _recorders: list[Recorder] = []
 _originals: list[tuple[Any, str, Any]] = []
 #: While a thread runs ``Popen._execute_child``: that Popen, the holder of
-#: the child spawned meanwhile.
+#: the child that subprocess's own code spawns meanwhile.
 _popen_starting = threading.local()
+_SUBPROCESS = subprocess.__file__
 
 
 def install(recorder: Recorder) -> None:
@@ -323,6 +324,8 @@ def _note_spawn(pid: int, argv: tuple[str, ...] | None, how: str) -> None:
             return  # already reaped (SIGCHLD ignored, a handler): nothing to follow
         frames, process = _capture_stack(recorder.stack_stop)
         holder: object | None = getattr(_popen_starting, "popen", None)
+        if holder is not None and frames and frames[0][0].co_filename != _SUBPROCESS:
+            holder = None  # spawned meanwhile by other code (an env mapping's)
         if holder is not None:
             how = "subprocess.Popen"
         elif process is not None:
