@@ -42,3 +42,51 @@ def wait_for(predicate: Callable[[], object], timeout: float = DEADLINE) -> None
             raise TimeoutError(f"condition not met within {timeout}s")
         time.sleep(interval)
         interval = min(interval * 2, 0.05)
+
+
+# --- driving the tracker directly (no pytest session) -------------------------
+
+import contextlib  # noqa: E402 - appended section: the header stays as it was
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
+
+if TYPE_CHECKING:
+    from pytest_nozombies.tracker import Tracker
+
+#: The repository's top folder: spawn sites are shown relative to it.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def not_user_code() -> tuple[str, ...]:
+    """Folders whose frames are never a spawn site, as the plugin has them:
+    the standard library, installed packages, pytest, pluggy, the plugin."""
+    import sysconfig
+
+    import pluggy
+
+    import pytest_nozombies
+
+    paths = sysconfig.get_paths()
+    folders = {
+        os.path.join(paths[key], "")
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+    }
+    for module in (pytest, pluggy, pytest_nozombies):
+        folders.add(os.path.join(os.path.dirname(module.__file__ or ""), ""))
+    return tuple(sorted(folders))
+
+
+@contextlib.contextmanager
+def tracking(*, grace: float = 0.0, **options: Any) -> Iterator[Tracker]:
+    """A tracker recording every spawn until the block ends, set up as the
+    plugin sets one up. Inside the outer session it stacks on the session's
+    own, which takes over, when the block ends, what it still follows."""
+    from pytest_nozombies.tracker import Tracker
+
+    tracker = Tracker(grace=grace, root=ROOT, not_user_code=not_user_code(), **options)
+    tracker.start_recording()
+    try:
+        yield tracker
+    finally:
+        tracker.stop_recording()
