@@ -90,3 +90,20 @@ def tracking(*, grace: float = 0.0, **options: Any) -> Iterator[Tracker]:
         yield tracker
     finally:
         tracker.stop_recording()
+
+
+def spawn_untracked(argv: list[str]) -> int:
+    """Start ``argv`` through libc's own ``posix_spawnp``, as a C extension
+    would: a real child that no Python wrapper sees."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    args = [arg.encode() for arg in argv]
+    env = [f"{key}={value}".encode() for key, value in os.environ.items()]
+    c_argv = (ctypes.c_char_p * (len(args) + 1))(*args, None)
+    c_env = (ctypes.c_char_p * (len(env) + 1))(*env, None)
+    pid = ctypes.c_int()
+    error = libc.posix_spawnp(ctypes.byref(pid), c_argv[0], None, None, c_argv, c_env)
+    if error:
+        raise OSError(error, os.strerror(error))
+    return pid.value
