@@ -270,6 +270,8 @@ _originals: list[tuple[Any, str, Any]] = []
 #: thread id: the holder of the child spawned meanwhile. A plain dict, not a
 #: threading.local: reading one of those after a fork cost 15 page faults.
 _popens_starting: dict[int, subprocess.Popen[Any]] = {}
+#: Only subprocess's own code spawns a starting Popen's child.
+_SUBPROCESS = subprocess.__file__
 #: Children os.fork / os.forkpty made whose pid is not noted yet. Until the
 #: child exits or execs it shares this process's memory, and every page this
 #: process writes meanwhile is copied: noting the pid right after the fork
@@ -347,6 +349,8 @@ def _take() -> Taken | None:
         frames, process = _capture_stack(recorder.stack_stop)
         ident = threading.get_ident()
         popen = _popens_starting.get(ident) if _popens_starting else None
+        if popen is not None and frames and frames[0][0].co_filename != _SUBPROCESS:
+            popen = None  # spawned meanwhile by other code (an env mapping's)
         thread = threading.current_thread() if ident != recorder.thread_id else None
         return recorder, recorder.owner, frames, process, popen, thread
     except RecursionError:

@@ -221,7 +221,7 @@ class Tracker:
         self.thread_id = threading.get_ident()
         #: Every child recorded and not known to be reaped, by pid (a pid is
         #: only reused once its child was reaped, so a new record replaces it).
-        self.records: dict[int, Spawn] = {}
+        self._records: dict[int, Spawn] = {}
         #: What answers for a child spawned now (None: nobody, never judged).
         self.owner: Owner | None = None
         #: The running test's owner in its setup phase.
@@ -245,6 +245,12 @@ class Tracker:
         #: The last check found no child at all: the next test needs no baseline.
         self._childless = False
 
+    @property
+    def records(self) -> dict[int, Spawn]:
+        """Every child recorded and not known to be reaped, by pid."""
+        spawns.note_forks()
+        return self._records
+
     # --- recording (spawns.Recorder) -----------------------------------------
 
     def start_recording(self) -> None:
@@ -254,8 +260,8 @@ class Tracker:
         spawns.install(self)
         for pid in processes.child_pids():
             identity = processes.identify(pid)
-            if identity is not None and pid not in self.records:
-                self.records[pid] = Spawn(
+            if identity is not None and pid not in self._records:
+                self._records[pid] = Spawn(
                     pid, identity, processes.read_cmdline(pid), "unknown", None
                 )
 
@@ -263,8 +269,8 @@ class Tracker:
         """Stop recording; an outer session takes over what is still followed."""
         outer = spawns.uninstall(self)
         if isinstance(outer, Tracker) and self.outer_owner is not None:
-            outer.take_over(self.records.values(), self.outer_owner)
-        self.records = {}
+            outer.take_over(self._records.values(), self.outer_owner)
+        self._records = {}
 
     def take_over(self, records: Iterable[Spawn], owner: Owner) -> None:
         """Children a nested session left behind become ``owner``'s, the
@@ -273,11 +279,11 @@ class Tracker:
             if spawn.owner is None or spawn.exempt or spawn.judged == "reported":
                 continue
             spawn.via, spawn.owner, spawn.judged = spawn.owner, owner, None
-            self.records[spawn.pid] = spawn
+            self._records[spawn.pid] = spawn
             owner.scope.children.append(spawn)
 
     def record(self, spawn: Spawn) -> None:
-        self.records[spawn.pid] = spawn
+        self._records[spawn.pid] = spawn
         if spawn.owner is not None and spawn.exempt is None:
             spawn.owner.scope.children.append(spawn)
 
@@ -288,7 +294,7 @@ class Tracker:
         try:
             spawns.note_forks()
             if pid > 0:
-                spawn = self.records.get(pid)
+                spawn = self._records.get(pid)
                 if spawn is not None:
                     spawn.signalled = True
                     spawn.note_exec()
@@ -317,7 +323,7 @@ class Tracker:
         inherited names the original process's children, none of its own."""
         self._pid = os.getpid()
         self._forks = len(_forks)
-        self.records.clear()
+        self._records.clear()
         self.collection.children.clear()
 
     # --- owners --------------------------------------------------------------
@@ -459,7 +465,7 @@ class Tracker:
         answered for it when its scope ended."""
         spawns.note_forks()
         found = []
-        for spawn in list(self.records.values()):
+        for spawn in list(self._records.values()):
             owner = spawn.owner
             if spawn.judged not in ("left running", "handed"):
                 continue
@@ -528,7 +534,7 @@ class Tracker:
         zombies nobody recorded (blamed on ``current``)."""
         found: list[tuple[Spawn, bool]] = []
         for pid, _ in processes.zombie_children():
-            spawn = self.records.get(pid)
+            spawn = self._records.get(pid)
             identity = processes.identify(pid)
             if identity is None:
                 continue  # collected meanwhile
@@ -546,7 +552,7 @@ class Tracker:
                 found.append((spawn, True))
             elif current is not None and (pid, identity) not in self._baseline:
                 unknown = Spawn(pid, identity, None, "unknown", current)
-                self.records[pid] = unknown
+                self._records[pid] = unknown
                 found.append((unknown, False))
         return found
 
@@ -647,7 +653,7 @@ class Tracker:
         (a double-forked daemon), so their later death is blamed on it."""
         adopted = []
         for pid in processes.child_pids():
-            if pid in self.records:
+            if pid in self._records:
                 continue
             stat = processes.read_stat(pid)
             identity = processes.identify(pid)
@@ -661,15 +667,15 @@ class Tracker:
                 current,
             )
             spawn.judged = "left running"
-            self.records[pid] = spawn
+            self._records[pid] = spawn
             if self.running_fails and not current.allowed:
                 spawn.judged = "reported"
                 adopted.append(self.finding(spawn, "running", stat))
         return adopted
 
     def _forget(self, spawn: Spawn) -> None:
-        if self.records.get(spawn.pid) is spawn:
-            del self.records[spawn.pid]
+        if self._records.get(spawn.pid) is spawn:
+            del self._records[spawn.pid]
 
     # --- the finding as the report has it ------------------------------------
 

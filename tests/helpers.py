@@ -9,13 +9,18 @@ are marked ``allow_zombies``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from pytest_nozombies.tracker import Tracker
 
 #: Upper bound for any wait on a real process; generous for a loaded CI box.
 DEADLINE = 30.0
@@ -54,3 +59,60 @@ def line_of(path: Path, marker: str) -> int:
     ]
     assert len(found) == 1, f"{marker!r} should mark exactly one line: {found}"
     return found[0]
+
+
+# --- driving the tracker directly (no pytest session) -------------------------
+
+#: The repository's top folder: spawn sites are shown relative to it.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def not_user_code() -> tuple[str, ...]:
+    """Folders whose frames are never a spawn site, as the plugin has them:
+    the standard library, installed packages, pytest, pluggy, the plugin."""
+    import sysconfig
+
+    import pluggy
+
+    import pytest_nozombies
+
+    paths = sysconfig.get_paths()
+    folders = {
+        os.path.join(paths[key], "")
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+    }
+    for module in (pytest, pluggy, pytest_nozombies):
+        folders.add(os.path.join(os.path.dirname(module.__file__ or ""), ""))
+    return tuple(sorted(folders))
+
+
+@contextlib.contextmanager
+def tracking(*, grace: float = 0.0, **options: Any) -> Iterator[Tracker]:
+    """A tracker recording every spawn until the block ends, set up as the
+    plugin sets one up. Inside the outer session it stacks on the session's
+    own, which takes over, when the block ends, what it still follows."""
+    from pytest_nozombies.tracker import Tracker
+
+    tracker = Tracker(grace=grace, root=ROOT, not_user_code=not_user_code(), **options)
+    tracker.start_recording()
+    try:
+        yield tracker
+    finally:
+        tracker.stop_recording()
+
+
+def spawn_untracked(argv: list[str]) -> int:
+    """Start ``argv`` through libc's own ``posix_spawnp``, as a C extension
+    would: a real child that no Python wrapper sees."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    args = [arg.encode() for arg in argv]
+    env = [f"{key}={value}".encode() for key, value in os.environ.items()]
+    c_argv = (ctypes.c_char_p * (len(args) + 1))(*args, None)
+    c_env = (ctypes.c_char_p * (len(env) + 1))(*env, None)
+    pid = ctypes.c_int()
+    error = libc.posix_spawnp(ctypes.byref(pid), c_argv[0], None, None, c_argv, c_env)
+    if error:
+        raise OSError(error, os.strerror(error))
+    return pid.value

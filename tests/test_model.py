@@ -1,314 +1,360 @@
-"""Property-based tests of the snapshot, diff and ownership logic (issue 5).
+"""The tracker against a model, on generated histories of real children.
 
-The tracker's decisions are checked against a simple model on thousands of
-generated histories. The kernel is replaced by a small simulation so that
-histories with pid reuse, deaths during later tests and concurrent reaping
-can be generated at will; this is the one place where processes are
-simulated, on purpose: real processes are what every other test uses.
+Each history is a run of a few tests; each test spawns ``sleep`` children
+(through Popen, through a raw posix_spawn, or through libc where no Python
+wrapper sees them) and gives each a fate: waited for by its test, left a
+zombie, dying during a later test (reaped then or not) or just before one
+starts, dying after the last test, or never dying; some tests are marked
+allow_zombies, and children that exist before the tracker starts are
+nobody's. The children are real and are killed, with a chosen
+signal, exactly when their fate says, before the check that must see them;
+so the tracker's findings must equal the model's, finding for finding:
+who is blamed, late or not, found during what, how the child ended. After
+the last check, every zombie held by a Popen has been reaped through it
+with its true returncode, and every other one is still there to be waited
+for.
+
+The grace period plays no part here (it is 0: every child is dead or alive
+before its check, never dying during one); test_tracker.py covers it.
 """
 
 from __future__ import annotations
 
-import itertools
+import os
+import shutil
+import signal
+import subprocess
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_nozombies import processes, reaping, tracker
-from pytest_nozombies.spawns import Owner, SpawnRecord, SpawnRegistry
+from helpers import spawn_untracked, tracking, wait_until_zombie
+from pytest_nozombies import processes
+from pytest_nozombies.leaks import Leak
+from pytest_nozombies.tracker import Tracker
 
-# --- a simulated kernel: children of one process -------------------------------
+pytestmark = pytest.mark.skipif(not processes.SUPPORTED, reason="POSIX only")
 
-
-@dataclass
-class Proc:
-    start: float
-    state: str = "running"  # running | zombie
-    code: int = 0
-
-
-@dataclass
-class FakeKernel:
-    procs: dict[int, Proc] = field(default_factory=dict)
-    clock: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    #: pids that finish exiting during the grace period, when waited for.
-    exit_in_grace: set[int] = field(default_factory=set)
-
-    def spawn(self, pid_pool: range) -> int:
-        # The lowest free pid, so that pids are reused as soon as possible.
-        pid = next(p for p in pid_pool if p not in self.procs)
-        self.procs[pid] = Proc(start=float(next(self.clock)))
-        return pid
-
-    def exit(self, pid: int, code: int = 0) -> None:
-        self.procs[pid].state = "zombie"
-        self.procs[pid].code = code
-
-    def reap(self, pid: int) -> processes.ExitStatus | None:
-        proc = self.procs.get(pid)
-        if proc is None or proc.state != "zombie":
-            return None
-        del self.procs[pid]
-        return processes.ExitStatus(code=proc.code)
-
-    # The functions of pytest_nozombies.processes the tracker uses:
-
-    def identify(self, pid: int) -> processes.ChildIdentity | None:
-        proc = self.procs.get(pid)
-        return None if proc is None else processes.ChildIdentity(pid, proc.start)
-
-    def read_child(self, pid: int) -> processes.ChildState | None:
-        proc = self.procs.get(pid)
-        if proc is None:
-            return None
-        identity = processes.ChildIdentity(pid, proc.start)
-        return processes.ChildState(identity, proc.state == "zombie", "sim", 1)
-
-    def child_status(self, pid: int) -> processes.ChildStatus:
-        proc = self.procs.get(pid)
-        if proc is None:
-            return "gone"
-        return "zombie" if proc.state == "zombie" else "running"
-
-    def zombie_children(self) -> list[processes.ChildState]:
-        states = (self.read_child(pid) for pid in sorted(self.procs))
-        return [s for s in states if s is not None and s.zombie]
-
-    def children_now(self) -> str:
-        if not self.procs:
-            return "none"
-        return "exited" if self.any_child_exited() else "running"
-
-    def any_child_exited(self) -> bool:
-        return any(proc.state == "zombie" for proc in self.procs.values())
-
-    def snapshot_zombies(self) -> frozenset[processes.ChildIdentity]:
-        return frozenset(s.identity for s in self.zombie_children())
-
-    def exit_status(self, pid: int) -> processes.ExitStatus | None:
-        proc = self.procs.get(pid)
-        if proc is None or proc.state != "zombie":
-            return None
-        return processes.ExitStatus(code=proc.code)
-
-    def wait_for_exit(self, pids: object, timeout: float) -> None:
-        for pid in list(self.exit_in_grace):
-            if pid in self.procs:
-                self.exit(pid)
-        self.exit_in_grace.clear()
-
-
-_SIMULATED = (
-    "children_now",
-    "any_child_exited",
-    "identify",
-    "read_child",
-    "child_status",
-    "zombie_children",
-    "snapshot_zombies",
-    "exit_status",
-    "wait_for_exit",
-)
-
-
-def use_kernel(mp: pytest.MonkeyPatch, fake: FakeKernel) -> None:
-    for name in _SIMULATED:
-        mp.setattr(processes, name, getattr(fake, name))
-    mp.setattr(reaping, "reap_zombie", lambda pid, record: (fake.reap(pid), None))
-
-
-@pytest.fixture
-def kernel(monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
-    fake = FakeKernel()
-    use_kernel(monkeypatch, fake)
-    return fake
-
-
-# --- histories ---------------------------------------------------------------------
+SLEEP = shutil.which("sleep") or "/bin/sleep"
+ARGV = ["sleep", "300"]
+END = "the end of the session"
 
 FATES = (
-    "waited",  # exits and is reaped by its test: no leak
-    "zombie",  # exits during its test, never reaped: its test's leak
-    "grace",  # still exiting when its test ends: its test's leak
-    "late",  # dies during a later test: a late leak of its test
-    "late_reaped",  # dies later and is reaped by whoever then runs: no leak
-    "forever",  # still running at the end: no leak
+    "waited",  # dies during its test, which reaps it: nothing
+    "zombie",  # dies during its test, never reaped: its test's leak
+    "late",  # dies during a later test, or after the last one: a late leak
+    "late_reaped",  # dies during a later test, which reaps it: nothing
+    "forever",  # still running at the end: listed as running
 )
+HOLDERS = ("popen", "raw", "untracked")
+SIGNALS = (signal.SIGTERM, signal.SIGKILL, signal.SIGUSR1)
 
 
 @dataclass(frozen=True)
 class Child:
+    """A child a test spawns, and what becomes of it."""
+
     fate: str
-    tracked: bool
+    holder: str
     dies_after: int  # for late fates: how many tests later it dies
+    between: bool  # for "late": just before that test starts, not during it
+    signal: int
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One test of a history: marked allow_zombies or not, and its children."""
+
+    allowed: bool
+    children: tuple[Child, ...]
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    pid: int
+    nodeid: str | None
+    late: bool
+    found_during: str | None
+    signal: int | None
+    command: str
+
+
+@dataclass
+class Live:
+    """A child as the history made it."""
+
+    child: Child
+    pid: int
+    nodeid: str
+    allowed: bool
+    popen: subprocess.Popen[bytes] | None = None
+    dead: bool = False
+    reaped: bool = False
+
+    @property
+    def command(self) -> str:
+        if self.child.holder == "untracked":
+            return (
+                "[sleep] (not spawned through Python, parent pid "
+                f"{os.getpid()}: command line unknown)"
+            )
+        return "sleep 300"
 
 
 children_st = st.builds(
     Child,
     fate=st.sampled_from(FATES),
-    tracked=st.booleans(),
+    holder=st.sampled_from(HOLDERS),
     dies_after=st.integers(min_value=1, max_value=3),
+    between=st.booleans(),
+    signal=st.sampled_from(SIGNALS),
 )
-history_st = st.lists(st.lists(children_st, max_size=5), min_size=1, max_size=6)
+scenarios_st = st.builds(
+    Scenario,
+    # Mostly ordinary tests; an allowed one now and then.
+    allowed=st.sampled_from((False, False, False, True)),
+    children=st.lists(children_st, max_size=3).map(tuple),
+)
+history_st = st.lists(scenarios_st, min_size=1, max_size=5)
 
 
-@dataclass(frozen=True)
-class Found:
-    pid: int
-    owner: str
-    late: bool
-    found_during: str | None
+def spawn(child: Child, nodeid: str, allowed: bool) -> Live:
+    if child.holder == "popen":
+        popen = subprocess.Popen(ARGV)
+        return Live(child, popen.pid, nodeid, allowed, popen)
+    if child.holder == "raw":
+        pid = os.posix_spawn(SLEEP, ARGV, os.environ)
+    else:
+        pid = spawn_untracked(ARGV)
+    return Live(child, pid, nodeid, allowed)
 
 
-def simulate(
-    kernel: FakeKernel, history: list[list[Child]], preexisting_zombie: bool
-) -> tuple[list[Found], list[Found]]:
-    """Run ``history`` through the tracker; return (found, expected)."""
-    pool = range(100, 112)  # small: pids are reused all the time
-    registry = SpawnRegistry()
-    judge = tracker.Tracker(registry, grace=1.0)
-    found: list[Found] = []
-    expected: list[Found] = []
-    #: test index -> children (pid, owner nodeid, child) dying during it
-    deaths: dict[int, list[tuple[int, str, Child]]] = {}
-    if preexisting_zombie:
-        kernel.exit(kernel.spawn(range(1, 2)))  # never anyone's leak
+def die(live: Live, *, reap: bool) -> None:
+    os.kill(live.pid, live.child.signal)
+    wait_until_zombie(live.pid)
+    live.dead = True
+    if reap:
+        reap_now(live)
 
-    for index, children in enumerate(history):
-        nodeid = f"test_{index}"
-        judge.start_test(nodeid, allowed=False)
-        judge.enter_phase("call")
-        owner = judge.current_owner()
-        assert owner == Owner(nodeid, "call")
-        # Children of earlier tests dying now. The last test to use a pid must
-        # be looked up before any new spawn can reuse it.
-        dying = deaths.pop(index, [])
-        for pid, spawner, child in dying:
-            kernel.exit(pid)
-            if child.fate == "late_reaped":
-                kernel.reap(pid)
-            elif child.tracked:
-                expected.append(Found(pid, spawner, True, nodeid))
-            else:
-                # Unrecorded: blamed on the test during which it appeared.
-                expected.append(Found(pid, nodeid, False, None))
-        for child in children:
-            if len(kernel.procs) >= len(pool):
-                continue  # pool exhausted: this child never starts
-            pid = kernel.spawn(pool)
-            if child.tracked:
-                # Identified by start time, as where there are no pidfds.
-                start = kernel.procs[pid].start
-                registry.add(SpawnRecord(pid, start, ("sim",), "sim", (), owner))
-            if child.fate == "waited":
-                kernel.exit(pid)
-                kernel.reap(pid)
-            elif child.fate == "zombie":
-                kernel.exit(pid)
-                expected.append(Found(pid, nodeid, False, None))
-            elif child.fate == "grace":
-                if child.tracked:
-                    kernel.exit_in_grace.add(pid)
-                    expected.append(Found(pid, nodeid, False, None))
-                else:
-                    # Only recorded children are waited for: an unrecorded
-                    # one is seen when it next shows up as a zombie.
-                    deaths.setdefault(index + 1, []).append(
-                        (pid, nodeid, Child("late", False, 1))
-                    )
-            elif child.fate in ("late", "late_reaped"):
-                deaths.setdefault(index + child.dies_after, []).append(
-                    (pid, nodeid, child)
+
+def reap_now(live: Live) -> None:
+    if live.popen is not None:
+        live.popen.wait()
+    else:
+        os.waitpid(live.pid, 0)
+    live.reaped = True
+
+
+@dataclass
+class Model:
+    """What the tracker must find as the history unfolds, and what it found."""
+
+    expected: list[Finding] = field(default_factory=list)
+    found: list[Finding] = field(default_factory=list)
+
+    def died(
+        self, live: Live, during: str, during_allowed: bool, *, between: bool = False
+    ) -> None:
+        """``live`` died, unreaped, during test ``during`` (or at the end; or
+        ``between`` the test before and that one)."""
+        if live.child.holder == "untracked":
+            # Nothing recorded it: blamed on the test during which it appears,
+            # if there is one; a zombie when a test starts is not its own.
+            if during != END and not during_allowed and not between:
+                self._zombie(live, during, late=False, found_during=None)
+        elif not live.allowed:
+            own = during == live.nodeid
+            self._zombie(
+                live, live.nodeid, late=not own, found_during=None if own else during
+            )
+
+    def running_at_the_end(self, live: Live) -> None:
+        if live.child.holder != "untracked" and not live.allowed:
+            self.expected.append(
+                Finding(
+                    "running", live.pid, live.nodeid, False, None, None, live.command
                 )
-        verdict = judge.end_test()
-        found.extend(
-            Found(leak.pid, leak.owner.nodeid, leak.late, leak.found_during)
-            for leak in verdict.leaks + verdict.late
+            )
+
+    def _zombie(
+        self, live: Live, blamed: str, *, late: bool, found_during: str | None
+    ) -> None:
+        self.expected.append(
+            Finding(
+                "zombie",
+                live.pid,
+                blamed,
+                late,
+                found_during,
+                live.child.signal,
+                live.command,
+            )
         )
-    # Deaths scheduled after the last test never happen: no leak, as expected.
-    return found, expected
+
+    def record(self, leaks: list[Leak]) -> None:
+        self.found.extend(
+            Finding(
+                leak.kind,
+                leak.pid,
+                leak.nodeid,
+                leak.late,
+                leak.found_during,
+                leak.ended.signal if leak.ended else None,
+                leak.command,
+            )
+            for leak in leaks
+        )
 
 
-@settings(max_examples=300, deadline=None)
-@given(history=history_st, preexisting_zombie=st.booleans())
-def test_tracker_matches_the_model(
-    history: list[list[Child]], preexisting_zombie: bool
-) -> None:
-    # Hypothesis runs many examples per test call: a fresh kernel for each.
-    with pytest.MonkeyPatch.context() as mp:
-        kernel = FakeKernel()
-        use_kernel(mp, kernel)
-        found, expected = simulate(kernel, history, preexisting_zombie)
-    key = lambda f: (f.owner, f.pid, f.late)  # noqa: E731
-    assert sorted(found, key=key) == sorted(expected, key=key)
+def run_history(tracker: Tracker, history: list[Scenario], lives: list[Live]) -> Model:
+    """Run ``history`` through ``tracker``: what it must find, what it found."""
+    model = Model()
+    #: test index -> children dying during that test (reaped by it or not)
+    deaths: dict[int, list[Live]] = {}
+    for index, test in enumerate(history):
+        nodeid = f"test_{index}"
+        dying = deaths.pop(index, [])
+        for live in dying:
+            if live.child.fate == "late" and live.child.between:
+                die(live, reap=False)
+                model.died(live, nodeid, test.allowed, between=True)
+        tracker.start_test(nodeid, allowed=test.allowed, test_file=None, test_site=None)
+        tracker.enter_phase("call")
+        for live in dying:
+            if live.dead:
+                continue
+            reaped = live.child.fate == "late_reaped"
+            die(live, reap=reaped)
+            if not reaped:
+                model.died(live, nodeid, test.allowed)
+        for child in test.children:
+            live = spawn(child, nodeid, test.allowed)
+            lives.append(live)
+            if child.fate in ("waited", "zombie"):
+                die(live, reap=child.fate == "waited")
+                if child.fate == "zombie":
+                    model.died(live, nodeid, test.allowed)
+            elif child.fate != "forever":
+                deaths.setdefault(index + child.dies_after, []).append(live)
+        verdict = tracker.end_test()
+        model.record(verdict.leaks + verdict.late + verdict.running)
+    # After the last test: late children die unreaped; the others live on.
+    for live in [live for later in deaths.values() for live in later]:
+        if live.child.fate == "late":
+            die(live, reap=False)
+            model.died(live, END, False)
+    model.record(tracker.final_sweep().late)
+    model.record(tracker.running_leftovers())
+    for live in lives:
+        if not live.dead:
+            model.running_at_the_end(live)
+    return model
 
 
-def test_the_model_finds_something(kernel: FakeKernel) -> None:
-    # Guard against a vacuous model: a known history gives known leaks.
-    history = [
-        [Child("zombie", True, 1), Child("late", True, 1), Child("waited", True, 1)],
-        [Child("grace", True, 1), Child("zombie", False, 1)],
-    ]
-    found, expected = simulate(kernel, history, preexisting_zombie=True)
-    assert sorted(found, key=repr) == sorted(expected, key=repr)
-    assert {(f.owner, f.late) for f in found} == {
-        ("test_0", False),
-        ("test_0", True),
-        ("test_1", False),
-    }
-    assert len(found) == 4
+def check_reaping(lives: list[Live]) -> None:
+    """A dead child that nobody reaped: reaped by the tracker through its
+    Popen, with its true returncode, or left in place for its spawner."""
+    for live in lives:
+        if not live.dead or live.reaped:
+            continue
+        if live.popen is not None:
+            assert live.popen.returncode == -live.child.signal, live
+        else:
+            assert processes.exit_status(live.pid) == processes.ExitStatus(
+                signal=live.child.signal
+            ), live
 
 
-# --- the registry against a dict ---------------------------------------------------
+def clean_up(lives: list[Live]) -> None:
+    for live in lives:
+        if live.reaped or (
+            live.popen is not None and live.popen.returncode is not None
+        ):
+            continue
+        if not live.dead:
+            os.kill(live.pid, signal.SIGKILL)
+        reap_now(live)
 
-ops_st = st.lists(
-    st.tuples(
-        st.sampled_from(["add", "discard", "leave"]),
-        st.integers(min_value=1, max_value=4),  # pid
-        st.integers(min_value=0, max_value=2),  # owner (test) index
-    ),
-    max_size=40,
+
+def simulate(history: list[Scenario], preexisting: bool) -> Model:
+    lives: list[Live] = []
+    before: list[int] = []
+    try:
+        if preexisting:
+            # Children that exist when the plugin starts are nobody's.
+            before.append(os.posix_spawn(SLEEP, ARGV, os.environ))
+            before.append(os.posix_spawn(SLEEP, ["sleep", "0"], os.environ))
+            wait_until_zombie(before[-1])
+        with tracking() as tracker:
+            model = run_history(tracker, history, lives)
+        check_reaping(lives)
+        return model
+    finally:
+        clean_up(lives)
+        for pid in before:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def by_pid(findings: list[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda f: (f.pid, f.kind))
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
+@given(history=history_st, preexisting=st.booleans())
+def test_the_tracker_matches_the_model(
+    history: list[Scenario], preexisting: bool
+) -> None:
+    model = simulate(history, preexisting)
+    assert by_pid(model.found) == by_pid(model.expected)
 
 
-@settings(max_examples=300, deadline=None)
-@given(ops=ops_st)
-def test_registry_matches_a_dict(ops: list[tuple[str, int, int]]) -> None:
-    registry = SpawnRegistry()
-    by_pid: dict[int, SpawnRecord] = {}
-    #: The model of the grouping: a scope that ended forgets its members; a
-    #: scope key used again (a rerun of the same test) starts a new group.
-    groups: dict[object, set[int]] = {}
-    clock = itertools.count(1)
-    for op, pid, owner_index in ops:
-        owner = Owner(f"t{owner_index}", "call")
-        if op == "add":
-            start = float(next(clock))
-            record = SpawnRecord(pid, start, None, "sim", (), owner)
-            registry.add(record)
-            if pid in by_pid:
-                for members in groups.values():
-                    members.discard(pid)
-            by_pid[pid] = record
-            groups.setdefault(owner.scope_key, set()).add(pid)
-        elif op == "discard" and pid in by_pid:
-            registry.discard(by_pid.pop(pid))
-            for members in groups.values():
-                members.discard(pid)
-        elif op == "leave":
-            registry.leave_scope(owner.scope_key)
-            groups.pop(owner.scope_key, None)
-        for p, record in by_pid.items():
-            assert registry.by_pid(p) is record
-            assert record.start_time is not None
-            identity = processes.ChildIdentity(p, record.start_time)
-            assert registry.get(identity) is record
-            stale = processes.ChildIdentity(p, record.start_time + 0.5)
-            assert registry.get(stale) is None
-        assert {r.pid for r in registry.all_records()} == set(by_pid)
-        for index in range(3):
-            key = Owner(f"t{index}", "call").scope_key
-            in_scope = {r.pid for r in registry.in_scope(key)}
-            assert in_scope == groups.get(key, set())
+def child(fate: str, holder: str, dies_after: int = 1, between: bool = False) -> Child:
+    return Child(fate, holder, dies_after, between, signal.SIGTERM)
+
+
+def test_the_model_finds_every_kind_of_finding() -> None:
+    # Guard against a vacuous model: a known history gives known findings.
+    history = [
+        Scenario(
+            allowed=False,
+            children=(
+                child("zombie", "popen"),
+                child("late", "raw"),
+                child("late", "popen", between=True),
+                child("waited", "popen"),
+                child("forever", "popen"),
+                child("late", "untracked"),
+                child("late", "untracked", between=True),  # never blamed
+            ),
+        ),
+        Scenario(
+            allowed=False,
+            children=(
+                child("late", "popen", dies_after=5),
+                child("zombie", "untracked"),
+                child("late_reaped", "raw"),
+            ),
+        ),
+        Scenario(allowed=True, children=(child("zombie", "popen"),)),
+    ]
+    model = simulate(history, preexisting=True)
+    assert by_pid(model.found) == by_pid(model.expected)
+    kinds = sorted((f.kind, f.nodeid, f.late, f.found_during) for f in model.found)
+    assert kinds == [
+        ("running", "test_0", False, None),
+        ("zombie", "test_0", False, None),
+        ("zombie", "test_0", True, "test_1"),  # died during test_1
+        ("zombie", "test_0", True, "test_1"),  # died before test_1 started
+        ("zombie", "test_1", False, None),  # test_0's untracked child
+        ("zombie", "test_1", False, None),  # test_1's own untracked child
+        ("zombie", "test_1", True, END),
+    ]
