@@ -158,7 +158,8 @@ class TestChecks:
         self, verdict: Verdict, item: pytest.Item | None, *, test: bool
     ) -> list[Leak]:
         """Give each finding its verdict, let the hook keep it from being
-        reported, and queue it; return those of ``item`` itself (``test``)."""
+        reported, and queue it; return those of the judged scope itself (not
+        the late ones), with ``test`` if that scope is ``item``'s."""
         fail = self.settings.mode == "fail"
         own_zombie = FAILED_TEST if test and fail else (FAILED_RUN if fail else WARNED)
         running = self.settings.running
@@ -178,7 +179,7 @@ class TestChecks:
         # (collection, the end of the session) no report follows.
         queue = self.results.pending if self._item is not None else self.results.outside
         queue.extend(reported)
-        return [leak for leak in own if leak in reported] if test else []
+        return [leak for leak in own if leak in reported]
 
     def _hook_keeps(self, leak: Leak, item: pytest.Item | None) -> bool:
         blamed = (
@@ -272,19 +273,31 @@ class TestChecks:
         verdict = self.guarded(tracker.end_fixture, owner)
         if not verdict:
             return
-        self.deliver(verdict, self._item_of(owner.nodeid), test=False)
-        if self.settings.mode == "warn" and verdict.leaks:
-            text = reporting.format_message(
-                verdict.leaks, subject=f"fixture {owner.fixture!r}"
-            )
-            warnings.warn(reporting.ZombieWarning(text), stacklevel=1)
+        found = self.deliver(verdict, self._item_of(owner.nodeid), test=False)
+        self._warn_for_run(found, f"fixture {owner.fixture!r}")
 
     # --- the end of collection and of the session ----------------------------
 
     def finish_collection(self) -> None:
         verdict = self.guarded(self.tracker.end_collection)
         if verdict:
-            self.deliver(verdict, None, test=False)
+            found = self.deliver(verdict, None, test=False)
+            self._warn_for_run(found, "importing the tests")
+
+    def _warn_for_run(self, found: Sequence[Leak], subject: str) -> None:
+        """Warn mode: one ZombieWarning for leaks no test answers for. Under
+        ``-W error::pytest_nozombies.ZombieWarning`` they fail the run."""
+        warned = [
+            leak for leak in found if leak.verdict == WARNED and leak.kind == "zombie"
+        ]
+        if not warned:
+            return
+        text = reporting.format_message(warned, subject=subject)
+        try:
+            warnings.warn(reporting.ZombieWarning(text), stacklevel=1)
+        except reporting.ZombieWarning:
+            for leak in warned:
+                leak.verdict = FAILED_RUN
 
     def finish_session(self) -> None:
         """Judge what died after the last check, and what threads still hold."""
