@@ -6,13 +6,15 @@ PYTEST_DONT_REWRITE
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .leaks import Leak
 from .results import RunResults
-from .tracker import Tracker
+
+if TYPE_CHECKING:
+    from .tracker import Tracker
 
 
 class XdistController:

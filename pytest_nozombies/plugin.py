@@ -17,20 +17,25 @@ PYTEST_DONT_REWRITE
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from . import hookspecs, markers, processes, reporting, settings
-from .checks import TestChecks, disabled_warning, new_tracker
-from .fixture import NoZombies
 from .integrations import TimeoutDeadline, XdistController
 from .leaks import FAILED_RUN
 from .results import Collector, RunResults
-from .tracker import Tracker
+
+if TYPE_CHECKING:
+    # Imported when the checks start: --nozombies-mode=off loads neither the
+    # spawn recorder nor the tracker (and registers no at-fork callback).
+    from .checks import TestChecks
+    from .fixture import NoZombies
+    from .tracker import Tracker
 
 settings_key = pytest.StashKey[settings.Settings]()
-tracker_key = pytest.StashKey[Tracker]()
-checks_key = pytest.StashKey[TestChecks]()
+tracker_key: pytest.StashKey[Tracker] = pytest.StashKey()
+checks_key: pytest.StashKey[TestChecks] = pytest.StashKey()
 results_key = pytest.StashKey[RunResults]()
 allowed_key = pytest.StashKey[markers.AllowedTests]()
 
@@ -56,6 +61,9 @@ def _start(config: pytest.Config) -> None:
     resolved = config.stash[settings_key] = settings.resolve(config)
     if resolved.mode == "off" or not processes.SUPPORTED:
         return  # nothing runs per test; the JSON report is still written
+    from . import fixture  # noqa: F401  # loaded before any test, as checks are
+    from .checks import disabled_warning, new_tracker
+
     tracker = new_tracker(config, resolved)
     try:
         tracker.start_recording()
@@ -86,6 +94,8 @@ def pytest_configure(config: pytest.Config) -> None:
     tracker = config.stash.get(tracker_key, None)
     if tracker is None:
         return
+    from .checks import TestChecks
+
     checks = config.stash[checks_key] = TestChecks(
         config, tracker, resolved, results, config.stash[allowed_key].nodeids
     )
@@ -182,6 +192,9 @@ def nozombies(request: pytest.FixtureRequest) -> Iterator[NoZombies]:
     """Check this test's children mid-test (``check()``), assert that a
     process under test reaps its children (``assert_no_zombies(pid)``), and
     list the children (``children()``). See the configuration reference."""
+    from .checks import TestChecks, new_tracker
+    from .fixture import NoZombies
+
     config = request.config
     item = request.node
     assert isinstance(item, pytest.Item)

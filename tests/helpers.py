@@ -116,3 +116,26 @@ def spawn_untracked(argv: list[str]) -> int:
     if error:
         raise OSError(error, os.strerror(error))
     return pid.value
+
+
+def read_report(path: os.PathLike[str] | str) -> dict[str, Any]:
+    """The JSON report at ``path``, checked as strictly as a CI dashboard
+    would: the file decodes as UTF-8, holds no escaped lone surrogate (which
+    strict JSON parsers reject), and matches ``report.schema.json``."""
+    import json
+    import re
+    from importlib import resources
+
+    import jsonschema
+
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8")  # strict: raises on a byte that is not
+    # A \uD800-\uDFFF escape, not preceded by an escaped backslash.
+    surrogate = re.search(r"(?<!\\)(?:\\\\)*\\u[dD][89a-fA-F][0-9a-fA-F]{2}", text)
+    assert surrogate is None, f"surrogate escape in the report: {surrogate[0]!r}"
+    document: dict[str, Any] = json.loads(text)
+    schema = json.loads(
+        resources.files("pytest_nozombies").joinpath("report.schema.json").read_text()
+    )
+    jsonschema.Draft202012Validator(schema).validate(document)
+    return document

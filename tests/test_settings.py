@@ -4,6 +4,8 @@ setting is read, validated and shown in the report header.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from helpers import RunInner
@@ -30,7 +32,10 @@ LEAKY_TEST = """
 LEAK_MESSAGE = "*test left 1 zombie child process (exited, never waited for):"
 LEAK_SUMMARY = "*= nozombies: 1 zombie leak =*"
 MODES = "expected one of: fail, warn, off"
-SECONDS = "expected a number of seconds, 0 or more (e.g. 0.5)"
+#: The longest wait the platform's blocking calls accept is the upper bound.
+SECONDS = (
+    f"expected a number of seconds from 0 to {threading.TIMEOUT_MAX:.0f} (e.g. 0.5)"
+)
 
 
 def assert_leak_failed(result: pytest.RunResult) -> None:
@@ -204,7 +209,12 @@ def test_command_line_beats_ini(pytester: pytest.Pytester, run_inner: RunInner) 
         ("--nozombies-grace", "-1", SECONDS),
         ("--nozombies-grace", "nan", SECONDS),
         ("--nozombies-grace", "abc", SECONDS),
+        # Longer than the platform can wait for (threading.TIMEOUT_MAX).
+        ("--nozombies-grace", "1e10", SECONDS),
+        ("--nozombies-grace", "inf", SECONDS),
+        ("--nozombies-grace", "-inf", SECONDS),
     ],
+    ids=lambda value: "" if value in (MODES, SECONDS) else value or "empty",
 )
 def test_bad_command_line_value_is_usage_error(
     pytester: pytest.Pytester,
@@ -224,7 +234,12 @@ def test_bad_command_line_value_is_usage_error(
 
 @pytest.mark.parametrize(
     ("key", "value", "accepted"),
-    [("nozombies_mode", "bogus", MODES), ("nozombies_grace", "-2", SECONDS)],
+    [
+        ("nozombies_mode", "bogus", MODES),
+        ("nozombies_grace", "-2", SECONDS),
+        ("nozombies_grace", "1e10", SECONDS),
+    ],
+    ids=lambda value: "" if value in (MODES, SECONDS) else value,
 )
 def test_bad_ini_value_is_usage_error(
     pytester: pytest.Pytester,
@@ -251,6 +266,188 @@ def assert_usage_error(result: pytest.RunResult, message: str) -> None:
     assert "collected" not in output  # stopped before any test ran
 
 
+def test_longest_grace_the_platform_accepts_still_reports_leaks(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    # 1e9 s is below threading.TIMEOUT_MAX: accepted, and every wait of the
+    # grace period must still work with it (it once overflowed a poll()
+    # timeout and switched the checks off mid-run). A child killed and not
+    # waited for is waited out; a sleeping child is left running at once
+    # (the run_inner timeout turns a hang into a failure).
+    pytester.makepyfile(
+        """
+        import subprocess
+        import sys
+
+        kept = []
+
+        def test_kill_without_wait():
+            kept.append(subprocess.Popen(["sleep", "60"]))
+            kept[-1].kill()
+
+        def test_leaves_a_sleeper():
+            kept.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", "import sys; sys.stdin.read()"],
+                    stdin=subprocess.PIPE,
+                )
+            )
+
+        def test_after():
+            pass
+        """
+    )
+    result = run_inner("--nozombies-grace=1e9")
+    result.stdout.fnmatch_lines(["nozombies: mode=fail, grace=1e+09s, *"])
+    result.assert_outcomes(passed=3, errors=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_kill_without_wait*",
+            LEAK_MESSAGE,
+            "  pid *: sleep 60",
+            "    ended: killed by SIGKILL (9)",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            LEAK_SUMMARY,
+            "*::test_kill_without_wait (call): pid * sleep 60, "
+            "killed by SIGKILL (9), spawned at *.py:7",
+            "*= nozombies: 1 child left running =*",
+            "*::test_leaves_a_sleeper (call): pid * -c 'import sys; sys.stdin.read()'*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*internal error*")
+
+
+# --- the marker ---------------------------------------------------------------------
+
+#: A test that leaves a zombie, under a marker line put in front of it.
+MARKED_LEAK = """
+import os
+import select
+import subprocess
+import sys
+
+import pytest
+
+kept = []
+
+{marker}
+def test_leaks():
+    kept.append(subprocess.Popen([sys.executable, "-c", "pass"]))
+    fd = os.pidfd_open(kept[-1].pid)
+    try:
+        exited, _, _ = select.select([fd], [], [], 30.0)
+    finally:
+        os.close(fd)
+    assert exited
+"""
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        '@pytest.mark.allow_zombies("it hands the child to a daemon")',
+        '@pytest.mark.allow_zombies(reason="it hands the child to a daemon")',
+        "@pytest.mark.allow_zombies",
+        "@pytest.mark.allow_zombies()",
+        'pytestmark = pytest.mark.allow_zombies("the whole module")',
+    ],
+    ids=["positional", "keyword", "bare", "no-arguments", "module"],
+)
+def test_marker_allows_the_leak(
+    pytester: pytest.Pytester, run_inner: RunInner, marker: str
+) -> None:
+    pytester.makepyfile(MARKED_LEAK.format(marker=marker))
+    assert_leak_passed(run_inner())
+
+
+def test_marker_on_a_class_allows_its_tests(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    pytester.makepyfile(
+        """
+        import os
+        import select
+        import subprocess
+
+        import pytest
+
+        kept = []
+
+        def leave_zombie(code):
+            kept.append(subprocess.Popen(["sh", "-c", f"exit {code}"]))
+            fd = os.pidfd_open(kept[-1].pid)
+            try:
+                assert select.select([fd], [], [], 30.0)[0]
+            finally:
+                os.close(fd)
+
+        @pytest.mark.allow_zombies("a server that outlives its tests")
+        class TestServer:
+            def test_leaks(self):
+                leave_zombie(1)
+
+        def test_not_in_the_class():
+            leave_zombie(2)
+        """
+    )
+    result = run_inner()
+    # Only the test outside the class is blamed.
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= nozombies: 1 zombie leak =*",
+            "*::test_not_in_the_class (call): pid * sh -c 'exit 2', *",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*TestServer*")
+
+
+@pytest.mark.parametrize(
+    ("marker", "problem"),
+    [
+        (
+            '@pytest.mark.allow_zombies("why", reason="why")',
+            "takes one reason, got ('why',) {'reason': 'why'}",
+        ),
+        (
+            '@pytest.mark.allow_zombies("one", "two")',
+            "takes one reason, got ('one', 'two') {}",
+        ),
+        ("@pytest.mark.allow_zombies(42)", "reason must be a string, got 42"),
+        (
+            "@pytest.mark.allow_zombies(reason=b'why')",
+            "reason must be a string, got b'why'",
+        ),
+        (
+            '@pytest.mark.allow_zombies(why="because")',
+            "got unexpected keyword argument(s) why",
+        ),
+    ],
+    ids=["both", "two-positional", "int", "bytes", "unknown-keyword"],
+)
+def test_wrong_marker_arguments_are_a_usage_error(
+    pytester: pytest.Pytester, run_inner: RunInner, marker: str, problem: str
+) -> None:
+    pytester.makepyfile(test_marked=MARKED_LEAK.format(marker=marker))
+    pytester.makepyfile(test_other="def test_other():\n    pass\n")
+    # Checked as collected, before -k deselects the marked test: a typo in
+    # the marker never hides.
+    result = run_inner("-k", "test_other")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    [line] = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+    assert line.startswith(
+        "ERROR: pytest-nozombies: @pytest.mark.allow_zombies on "
+        f"test_marked.py::test_leaks {problem}"
+    ), line
+    output = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in output
+    result.stdout.no_fnmatch_line("*passed*")
+
+
 # --- help ---------------------------------------------------------------------------
 
 
@@ -259,15 +456,24 @@ def test_help_lists_the_settings(
 ) -> None:
     result = run_inner("--help")
     assert result.ret == pytest.ExitCode.OK
+    # The metavars are the docs' names for the values.
     result.stdout.fnmatch_lines(
         [
             "zombie child processes (pytest-nozombies):",
-            "  --nozombies-mode=MODE",
-            "*Default: fail. Ini: nozombies_mode.",
-            "  --nozombies-grace=GRACE",
-            "*Ini: nozombies_grace.",
+            "  --nozombies-subreaper",
+            "  --nozombies-mode=fail|warn|off",
+            "  --nozombies-grace=SECONDS",
+            "  --nozombies-report=PATH",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
             "  nozombies_mode (string):",
             "  nozombies_grace (string):",
+            "  nozombies_ignore (linelist):",
+            "  nozombies_running (string):",
+            "  nozombies_report (string):",
+            "  nozombies_subreaper (bool):",
         ]
     )
 
@@ -275,19 +481,22 @@ def test_help_lists_the_settings(
 def test_help_works_even_with_a_bad_setting(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:
-    pytester.makeini("[pytest]\nnozombies_mode = bogus\n")
+    pytester.makeini("[pytest]\nnozombies_mode = bogus\nnozombies_grace = 1e99\n")
     result = run_inner("--help")
     assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["*--nozombies-mode=MODE*"])
+    result.stdout.fnmatch_lines(["*--nozombies-mode=fail|warn|off*"])
 
 
-def test_simulated_platform_without_zombies_loads_and_never_fails(
+def test_fault_injection_platform_without_zombies_loads_and_never_fails(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:
-    # Simulated platform: Windows cannot be had here, so tell the plugin it runs
-    # where no process can become a zombie, as it does on Windows.
-    pytester.makeconftest(
-        "from pytest_nozombies import processes\nprocesses.SUPPORTED = False\n"
+    # Windows cannot be had here: tell the plugin it runs where no process can
+    # become a zombie, as it does on Windows. A plugin loaded with -p does so
+    # before the plugin starts (a conftest would be too late).
+    pytester.makepyfile(
+        no_zombies_here=(
+            "from pytest_nozombies import processes\nprocesses.SUPPORTED = False\n"
+        )
     )
     pytester.makepyfile(
         """
@@ -299,9 +508,10 @@ def test_simulated_platform_without_zombies_loads_and_never_fails(
             kept.append(subprocess.Popen(["sh", "-c", "exit 2"]))
         """
     )
-    result = run_inner()
+    result = run_inner("-p", "no_zombies_here")
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
         ["nozombies: nothing to check on this platform (it has no zombies)"]
     )
+    result.stdout.no_fnmatch_line("*zombie leak*")

@@ -112,26 +112,84 @@ def test_orphan_that_dies_later_is_blamed_on_the_test_it_came_back_in(
     result = run_inner("--nozombies-subreaper", "--nozombies-grace=0")
     result.assert_outcomes(passed=2)
     assert result.ret == 1
+    # It came back while test_starts_daemon ran (judged at its teardown) and
+    # died during test_stops_it: a late leak of the first.
     result.stdout.fnmatch_lines(
         [
             "*= nozombies: 1 zombie leak =*",
             "*::test_starts_daemon (teardown): pid * exited with code 0, "
-            "spawned at spawn site unknown (late: found while *::test_stops_it ran)",
+            "spawned at unknown (*) (late: found while *::test_stops_it ran)",
         ]
     )
 
 
-def test_subreaper_is_set_in_each_xdist_worker(
-    pytester: pytest.Pytester, run_inner: RunInner
+#: Writes each process's PR_GET_CHILD_SUBREAPER state, seen from inside the
+#: run, at the start and the end of each process's session and in every test
+#: a worker runs.
+STATES = """
+import os
+import pathlib
+
+import pytest
+
+from daemon import is_subreaper
+
+
+def role(config):
+    workerinput = getattr(config, "workerinput", None)
+    return workerinput["workerid"] if workerinput else "controller"
+
+
+def note(config, when):
+    folder = pathlib.Path(config.rootpath, "states")
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{role(config)}-{when}-{os.getpid()}"
+    path.write_text(str(int(is_subreaper())))
+
+
+def pytest_sessionstart(session):
+    note(session.config, "start")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):
+    note(session.config, "finish")
+
+
+@pytest.fixture(autouse=True)
+def _note_in_test(request):
+    note(request.config, "test")
+"""
+
+
+@pytest.mark.parametrize(
+    "setting", [["--nozombies-subreaper"], []], ids=["subreaper", "default"]
+)
+def test_only_xdist_workers_become_subreapers(
+    pytester: pytest.Pytester, run_inner: RunInner, setting: list[str]
 ) -> None:
     pytester.makepyfile(daemon=DAEMON)
-    pytester.makepyfile(
-        "from daemon import is_subreaper\n"
-        + "".join(f"def test_{i}():\n    assert is_subreaper()\n" for i in range(4))
-    )
-    pytester.makeini("[pytest]\nnozombies_subreaper = true\n")
-    result = run_inner("-n", "2")
-    result.assert_outcomes(passed=4)
+    pytester.makeconftest(STATES)
+    pytester.makepyfile("".join(f"def test_{i}():\n    pass\n" for i in range(6)))
+    result = run_inner("-n", "2", *setting)
+    result.assert_outcomes(passed=6)
+    states: dict[str, set[str]] = {}
+    pids: dict[str, set[str]] = {}
+    for path in (pytester.path / "states").iterdir():
+        role, when, pid = path.name.split("-")
+        states.setdefault(role, set()).add(f"{when}={path.read_text()}")
+        pids.setdefault(role, set()).add(pid)
+    # Every process wrote its state, each role from one process.
+    assert sorted(states) == ["controller", "gw0", "gw1"]
+    assert all(len(found) == 1 for found in pids.values()), pids
+    worker = "1" if setting else "0"
+    assert states == {
+        # The controller runs no test: its children are the workers, and an
+        # orphan of a crashed worker must not become its zombie.
+        "controller": {"start=0", "finish=0"},
+        "gw0": {f"start={worker}", f"test={worker}", f"finish={worker}"},
+        "gw1": {f"start={worker}", f"test={worker}", f"finish={worker}"},
+    }
 
 
 def test_bad_subreaper_ini_value_is_a_usage_error(
@@ -150,25 +208,30 @@ def test_bad_subreaper_ini_value_is_a_usage_error(
     assert "Traceback" not in result.stderr.str()
 
 
-def test_subreaper_off_linux_is_a_usage_error_fault_injected(
+def test_fault_injection_subreaper_off_linux_is_a_usage_error(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:
-    # Fault injection: this machine is Linux, so pretend the platform lacks
-    # subreapers, as macOS does.
-    pytester.makeconftest(
-        "import pytest_nozombies.subreaper as s\ns.AVAILABLE = False\n"
+    # This machine is Linux: pretend the platform lacks subreapers, as macOS
+    # does, from a plugin loaded with -p (a conftest is imported only after
+    # the settings were read).
+    pytester.makepyfile(
+        no_subreapers_here=(
+            "import pytest_nozombies.subreaper as s\ns.AVAILABLE = False\n"
+        )
     )
     pytester.makepyfile("def test_x():\n    pass\n")
-    result = run_inner("--nozombies-subreaper")
+    result = run_inner("-p", "no_subreapers_here", "--nozombies-subreaper")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
             "ERROR: pytest-nozombies: invalid value 'true' for "
             "--nozombies-subreaper (command line); child subreapers exist only "
-            "on Linux*"
+            "on Linux, not on linux; remove the setting on this platform"
         ]
     )
-    assert "Traceback" not in result.stderr.str()
+    output = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in output
+    assert "collected" not in output
 
 
 def test_flag_is_restored_at_the_end_of_an_in_process_session(
