@@ -124,7 +124,14 @@ class NoZombies:
 
     def _dying(self, parent: int) -> bool:
         """Whether a child of ``parent`` that this test signalled still runs."""
-        for pid in self._tracker.signalled_others:
+        tracker = self._tracker
+        # Copies: another thread's os.kill or spawn may add to them meanwhile.
+        signalled = list(tracker.signalled_others)
+        if parent == os.getpid():  # our own children are records, not "others"
+            signalled += [
+                pid for pid, spawn in list(tracker.records.items()) if spawn.signalled
+            ]
+        for pid in signalled:
             stat = processes.read_stat(pid)
             if stat is not None and stat.parent == parent and not stat.zombie:
                 return True
