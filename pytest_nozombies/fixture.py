@@ -73,11 +73,14 @@ class NoZombies:
         first_seen: dict[tuple[int, float], float] = {}
         interval = 0.001
         while True:
+            # Dying first: a child that dies between the two looks is then
+            # seen as a zombie by the second, never missed by both.
+            dying = self._dying(target)
             zombies = self._zombies_of(target)
             now = time.monotonic()
             for child, stat in zombies:
                 first_seen.setdefault((child, stat.start_time), now)
-            if not zombies and not self._dying(target):
+            if not zombies and not dying:
                 return
             if now >= deadline:
                 break
