@@ -355,3 +355,46 @@ def test_the_hook_sees_children_left_running_when_their_test_ends(
     assert calls[cat]["item"] == "test_x.py::test_suppressed"
     assert calls[annotated]["item"] == "test_x.py::test_annotated"
     assert {call["kind"] for call in calls.values()} == {"running"}
+
+
+def test_a_raising_hook_made_an_error_by_w_error_still_reports_the_leak(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(nozhelp=INNER_HELPERS)
+    pytester.makepyfile(
+        test_x="""
+        from nozhelp import zombie
+
+        def test_raises():
+            zombie("true", "raise-me")
+
+        def test_annotated():
+            zombie("true", "annotate-me")
+        """
+    )
+    result = run_inner(
+        "-W", "error::pytest.PytestWarning", "--nozombies-report=report.json"
+    )
+    [raised] = pids(pytester, "raise-me")
+    [annotated] = pids(pytester, "annotate-me")
+    # The warning is an error of the test now; its leak is still reported.
+    result.assert_outcomes(passed=2, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at teardown of test_raises _*",
+            "E   *PytestWarning: pytest-nozombies: pytest_nozombies_leak raised "
+            "RuntimeError('hook bug')",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*= nozombies: 2 zombie leaks =*",
+            f"test_x.py::test_raises (call): pid {raised} true raise-me, *",
+            f"test_x.py::test_annotated (call): pid {annotated} true annotate-me, "
+            "*, owned by the cache warmer",
+        ]
+    )
+    report = json.loads((pytester.path / "report.json").read_text())
+    verdicts = {entry["pid"]: entry["verdict"] for entry in report["leaks"]}
+    assert verdicts == {raised: "failed-test", annotated: "failed-test"}
