@@ -122,10 +122,11 @@ class TestChecks:
 
     def _judge_test(self, item: pytest.Item) -> list[Leak]:
         """Judge the test that just ended; return what it answers for itself."""
-        verdict = self.guarded(self.tracker.end_test)
-        own = self.deliver(verdict, item, test=True) if verdict else []
-        self._item = None
-        return own
+        try:
+            verdict = self.guarded(self.tracker.end_test)
+            return self.deliver(verdict, item, test=True) if verdict else []
+        finally:
+            self._item = None
 
     def fail_or_warn(self, item: pytest.Item, own: Sequence[Leak]) -> None:
         """Fail the test for its findings, or warn (mode ``warn``)."""
@@ -174,14 +175,30 @@ class TestChecks:
                 own.append(leak)
         for leak in verdict.late:
             leak.verdict = FAILED_RUN if fail else WARNED
-        reported = [leak for leak in own + verdict.late if self._hook_keeps(leak, item)]
+        hook_errors: list[Exception] = []
+        reported = [
+            leak
+            for leak in own + verdict.late
+            if self._hook_keeps(leak, item, hook_errors)
+        ]
         # During a test, findings ride on the report of its phase; otherwise
         # (collection, the end of the session) no report follows.
         queue = self.results.pending if self._item is not None else self.results.outside
         queue.extend(reported)
+        # Once queued: a warning made an error (-W error) then fails the test
+        # and the findings are still reported.
+        for exc in hook_errors:
+            warnings.warn(
+                pytest.PytestWarning(
+                    f"pytest-nozombies: pytest_nozombies_leak raised {exc!r}"
+                ),
+                stacklevel=1,
+            )
         return [leak for leak in own if leak in reported]
 
-    def _hook_keeps(self, leak: Leak, item: pytest.Item | None) -> bool:
+    def _hook_keeps(
+        self, leak: Leak, item: pytest.Item | None, errors: list[Exception]
+    ) -> bool:
         blamed = (
             item
             if leak.nodeid == getattr(item, "nodeid", None)
@@ -190,12 +207,7 @@ class TestChecks:
         try:
             answers = self.config.hook.pytest_nozombies_leak(leak=leak, item=blamed)
         except Exception as exc:  # the user's hook: say so, keep the finding
-            warnings.warn(
-                pytest.PytestWarning(
-                    f"pytest-nozombies: pytest_nozombies_leak raised {exc!r}"
-                ),
-                stacklevel=1,
-            )
+            errors.append(exc)
             return True
         return False not in answers
 

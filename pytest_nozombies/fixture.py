@@ -73,11 +73,14 @@ class NoZombies:
         first_seen: dict[tuple[int, float], float] = {}
         interval = 0.001
         while True:
+            # Dying first: a child that dies between the two looks is then
+            # seen as a zombie by the second, never missed by both.
+            dying = self._dying(target)
             zombies = self._zombies_of(target)
             now = time.monotonic()
             for child, stat in zombies:
                 first_seen.setdefault((child, stat.start_time), now)
-            if not zombies and not self._dying(target):
+            if not zombies and not dying:
                 return
             if now >= deadline:
                 break
@@ -124,7 +127,14 @@ class NoZombies:
 
     def _dying(self, parent: int) -> bool:
         """Whether a child of ``parent`` that this test signalled still runs."""
-        for pid in self._tracker.signalled_others:
+        tracker = self._tracker
+        # Copies: another thread's os.kill or spawn may add to them meanwhile.
+        signalled = list(tracker.signalled_others)
+        if parent == os.getpid():  # our own children are records, not "others"
+            signalled += [
+                pid for pid, spawn in list(tracker.records.items()) if spawn.signalled
+            ]
+        for pid in signalled:
             stat = processes.read_stat(pid)
             if stat is not None and stat.parent == parent and not stat.zombie:
                 return True

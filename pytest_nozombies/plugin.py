@@ -48,9 +48,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     settings.add_options(parser)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config,
+) -> Generator[None, None, None]:
     _start(early_config)
+    try:
+        return (yield)
+    finally:
+        # The conftests are imported: until collection starts, pytest and the
+        # plugins configure themselves, and a child started now (a service
+        # for the whole session, in pytest_configure) is nobody's.
+        tracker = early_config.stash.get(tracker_key, None)
+        if tracker is not None:
+            tracker.stop_owning()
 
 
 def _start(config: pytest.Config) -> None:
