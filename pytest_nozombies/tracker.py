@@ -471,7 +471,9 @@ class Tracker:
                 continue
             if owner is None or owner.allowed or spawn.status() != "running":
                 continue
-            spawn.judged = "reported"
+            # Not marked "reported": nothing judges after this, except an
+            # outer session that takes it over (``take_over``) and answers for
+            # it if it dies while that session still runs.
             found.append(self.finding(spawn, "running", None))
         return found
 
