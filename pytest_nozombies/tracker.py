@@ -544,7 +544,11 @@ class Tracker:
             may_wait = time.monotonic() < deadline
             still = []
             for spawn, late in pending:
-                status = spawn.status()
+                # A newer record of its pid means it was reaped and the pid
+                # reused: start times in clock ticks cannot tell the two apart
+                # when both started within one tick.
+                superseded = self.records.get(spawn.pid) is not spawn
+                status = "gone" if superseded else spawn.status()
                 if status == "gone":
                     self._forget(spawn)
                     continue
