@@ -658,29 +658,33 @@ def test_a_reused_pid_is_never_taken_for_a_popens_child(
 def test_fault_injection_after_an_internal_error_nothing_more_is_judged(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:
-    # Fault injection: one failed read of a zombie's exit status, which a real
-    # kernel gives only on a broken machine, while the test's leak is judged.
-    # The checks turn off there; the fault is gone after it, so whatever is
-    # judged later would be judged for real.
+    """A module fixture's judging fails inside the teardown of the test that
+    finalizes it: the checks turn off there, and that test's own judging,
+    which follows in the same teardown, does not run; nor does any later."""
+    # Fault injection: a bug of ours, once, while the fixture is judged; the
+    # fault is gone after it, so whatever is judged later is judged for real.
     pytester.makeconftest(
         """
+        import subprocess
         import pytest
-        from pytest_nozombies import processes
+        from pytest_nozombies.tracker import Tracker
 
-        original = processes.exit_status
+        original = Tracker.end_fixture
 
-        def fails_once(pid):
-            processes.exit_status = original
-            raise PermissionError(13, "Permission denied", f"/proc/{pid}")
+        def fails_once(self, *args, **kwargs):
+            Tracker.end_fixture = original
+            raise PermissionError(13, "Permission denied", "/proc/self/task")
 
-        @pytest.fixture
-        def broken_proc():
-            processes.exit_status = fails_once
+        @pytest.fixture(scope="module")
+        def server():
+            with subprocess.Popen(["sleep", "60"]) as popen:
+                yield popen
+                popen.kill()
+            Tracker.end_fixture = fails_once  # judged right after this
         """
     )
-    write(
-        pytester,
-        """
+    pytester.makepyfile(inner_helpers=INNER_HELPERS)
+    leak = """
         import subprocess
         from inner_helpers import wait_exited
 
@@ -689,19 +693,13 @@ def test_fault_injection_after_an_internal_error_nothing_more_is_judged(
         def leak():
             KEPT.append(subprocess.Popen(["true"]))
             wait_exited(KEPT[-1].pid)
-
-        def test_leaks_then_the_check_fails(broken_proc):
-            leak()
-
-        def test_leaks_after():
-            leak()
-
-        def test_last():
-            leak()
-        """,
+        """
+    pytester.makepyfile(
+        test_a=dedent(leak) + "\n\ndef test_uses_server(server):\n    leak()\n",
+        test_b=dedent(leak) + "\n\ndef test_after():\n    leak()\n",
     )
-    result = run_inner()
-    result.assert_outcomes(passed=3, warnings=1)
+    result = run_inner("-p", "no:randomly")
+    result.assert_outcomes(passed=2, warnings=1)
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
         [
