@@ -13,7 +13,8 @@ check (mode ``fail`` or ``warn`` on a platform with zombies), so a run with
   test's own findings fail it (mode ``fail``) or warn.
 
 An internal error turns the checks off with one warning; it never reaches
-pytest as an error of a test or of the run.
+pytest as an error of a test or of the run: every hook runs the plugin's
+work through ``guarded``.
 
 PYTEST_DONT_REWRITE
 """
@@ -70,6 +71,9 @@ class TestChecks:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        self.guarded(self._start_test, item)
+
+    def _start_test(self, item: pytest.Item) -> None:
         tracker = self.tracker
         if not tracker.in_session_process() and not self._move_to_forked_copy(item):
             return  # a test forked and its child returned into pytest: not ours
@@ -93,11 +97,12 @@ class TestChecks:
         if item is self._item:
             # The next phase starts now; if setup did not pass, call is skipped.
             if call.when == "setup":
-                self.tracker.enter_phase("call" if report.passed else "teardown")
+                phase = "call" if report.passed else "teardown"
+                self.guarded(self.tracker.enter_phase, phase)
             elif call.when == "call":
-                self.tracker.enter_phase("teardown")
+                self.guarded(self.tracker.enter_phase, "teardown")
         if self.results.pending:
-            self.results.attach_pending(report)
+            self.guarded(self.results.attach_pending, report)
         return report
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -114,17 +119,24 @@ class TestChecks:
             # The teardown failed by itself: keep its error as the report and
             # show the findings beside it.
             own = self._judge_test(item)
-            if own:
-                item.add_report_section("teardown", "nozombies", self._message(own))
+            message = self.guarded(self._message, own) if own else None
+            if message:
+                item.add_report_section("teardown", "nozombies", message)
             raise
-        self.fail_or_warn(item, self._judge_test(item))
+        own = self._judge_test(item)
+        if own:
+            # pytest.fail's exception is no Exception: it passes the guard.
+            self.guarded(self.fail_or_warn, item, own)
         return result
 
     def _judge_test(self, item: pytest.Item) -> list[Leak]:
         """Judge the test that just ended; return what it answers for itself."""
         try:
             verdict = self.guarded(self.tracker.end_test)
-            return self.deliver(verdict, item, test=True) if verdict else []
+            own = (
+                self.guarded(self.deliver, verdict, item, test=True) if verdict else []
+            )
+            return own or []
         finally:
             self._item = None
 
@@ -251,16 +263,20 @@ class TestChecks:
         )
         if owner is None or not tracker.in_session_process():
             return (yield)
-        previous = tracker.push(owner)
+        previous = self.guarded(tracker.push, owner)
         try:
             return (yield)
         finally:
-            tracker.push(previous)
-            # Finalizers run last in, first out: this one, added after the
-            # fixture's own, runs just before its teardown and names its owner.
-            fixturedef.addfinalizer(
-                functools.partial(self._enter_fixture_teardown, owner, fixturedef)
-            )
+            if self.enabled:
+                self.guarded(tracker.push, previous)
+                # Finalizers run last in, first out: this one, added after the
+                # fixture's own, runs just before its teardown and names its
+                # owner.
+                fixturedef.addfinalizer(
+                    functools.partial(
+                        self.guarded, self._enter_fixture_teardown, owner, fixturedef
+                    )
+                )
 
     def _enter_fixture_teardown(
         self, owner: Owner, fixturedef: pytest.FixtureDef[Any]
@@ -278,23 +294,28 @@ class TestChecks:
         if entry is None:
             return
         owner, previous = entry
+        found = self.guarded(self._end_fixture_teardown, owner, previous)
+        if found:
+            self._warn_for_run(found, f"fixture {owner.fixture!r}")
+
+    def _end_fixture_teardown(self, owner: Owner, previous: Owner | None) -> list[Leak]:
         tracker = self.tracker
         tracker.push(previous)
         if owner.fixture_scope == "function" or not tracker.in_session_process():
-            return  # judged with its test
-        verdict = self.guarded(tracker.end_fixture, owner)
+            return []  # judged with its test
+        verdict = tracker.end_fixture(owner)
         if not verdict:
-            return
-        found = self.deliver(verdict, self._item_of(owner.nodeid), test=False)
-        self._warn_for_run(found, f"fixture {owner.fixture!r}")
+            return []
+        return self.deliver(verdict, self._item_of(owner.nodeid), test=False)
 
     # --- the end of collection and of the session ----------------------------
 
     def finish_collection(self) -> None:
         verdict = self.guarded(self.tracker.end_collection)
         if verdict:
-            found = self.deliver(verdict, None, test=False)
-            self._warn_for_run(found, "importing the tests")
+            found = self.guarded(self.deliver, verdict, None, test=False)
+            if found:
+                self._warn_for_run(found, "importing the tests")
 
     def _warn_for_run(self, found: Sequence[Leak], subject: str) -> None:
         """Warn mode: one ZombieWarning for leaks no test answers for. Under
@@ -302,9 +323,9 @@ class TestChecks:
         warned = [
             leak for leak in found if leak.verdict == WARNED and leak.kind == "zombie"
         ]
-        if not warned:
+        text = self.guarded(reporting.format_message, warned, subject=subject)
+        if not warned or text is None:
             return
-        text = reporting.format_message(warned, subject=subject)
         try:
             warnings.warn(reporting.ZombieWarning(text), stacklevel=1)
         except reporting.ZombieWarning:
@@ -318,7 +339,7 @@ class TestChecks:
         if self.settings.running != "ignore":
             verdict.running.extend(self.guarded(tracker.running_leftovers) or [])
         if verdict:
-            self.deliver(verdict, None, test=False)
+            self.guarded(self.deliver, verdict, None, test=False)
         self.results.outside.extend(self.results.pending)  # found after the last report
         self.results.pending.clear()
 
@@ -331,18 +352,23 @@ class TestChecks:
         if self.tracker.failure is not None:  # raised inside a spawn wrapper
             self.disable(self.tracker.failure)
             return None
+        if self.results.failure is not None:  # the reporting warned already
+            self.disable(self.results.failure, warn=False)
+            return None
         try:
             return func(*args, **kwargs)
         except Exception as exc:  # never let a bug of ours crash the run
             self.disable(exc)
             return None
 
-    def disable(self, exc: Exception) -> None:
+    def disable(self, exc: Exception, *, warn: bool = True) -> None:
         self.enabled = False
         self._item = None
+        self.results.pending.clear()  # the running test is not judged
         self.config.pluginmanager.unregister(self)
         self.tracker.stop_recording()
-        warnings.warn(disabled_warning(exc), stacklevel=1)
+        if warn:
+            warnings.warn(reporting.disabled_warning(exc), stacklevel=1)
 
 
 def new_tracker(config: pytest.Config, settings: Settings) -> Tracker:
@@ -380,11 +406,3 @@ def _not_user_code() -> tuple[str, ...]:
     # in a development install.
     folders.update(_folders((_pytest, pytest, pluggy, reporting)))
     return tuple(sorted(folders))
-
-
-def disabled_warning(exc: Exception) -> pytest.PytestWarning:
-    return pytest.PytestWarning(
-        f"pytest-nozombies: internal error ({exc!r}); zombie checks are off for "
-        "the rest of this run. If this is not a permission problem of this "
-        "machine, please report it."
-    )

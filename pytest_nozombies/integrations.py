@@ -28,7 +28,10 @@ class XdistController:
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         output: dict[str, Any] = getattr(node, "workeroutput", None) or {}
         for data in output.get(RunResults.WORKER_OUTPUT, []):
-            self.results.add(Leak.from_json(data))
+            self.results.guarded(self._add, data)
+
+    def _add(self, data: dict[str, Any]) -> None:
+        self.results.add(Leak.from_json(data))
 
 
 class TimeoutDeadline:

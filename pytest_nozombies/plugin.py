@@ -73,14 +73,14 @@ def _start(config: pytest.Config) -> None:
     if resolved.mode == "off" or not processes.SUPPORTED:
         return  # nothing runs per test; the JSON report is still written
     from . import fixture  # noqa: F401  # loaded before any test, as checks are
-    from .checks import disabled_warning, new_tracker
+    from .checks import new_tracker
 
     tracker = new_tracker(config, resolved)
     try:
         tracker.start_recording()
     except Exception as exc:  # e.g. /proc unreadable: degrade, never crash
         tracker.stop_recording()
-        config.issue_config_time_warning(disabled_warning(exc), stacklevel=2)
+        config.issue_config_time_warning(reporting.disabled_warning(exc), stacklevel=2)
         return
     config.stash[tracker_key] = tracker
     config.add_cleanup(tracker.stop_recording)
@@ -180,7 +180,7 @@ def pytest_collection(session: pytest.Session) -> Generator[None, object, object
     finally:
         checks = config.stash.get(checks_key, None)
         if checks is not None and checks.enabled:
-            checks.set_items(session.items)
+            checks.guarded(checks.set_items, session.items)
             checks.finish_collection()
 
 
@@ -253,8 +253,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         checks.finish_session()
     if _is_worker(config):
         output = getattr(config, "workeroutput", {})
-        output[RunResults.WORKER_OUTPUT] = [leak.to_json() for leak in results.outside]
+        found = results.guarded(lambda: [leak.to_json() for leak in results.outside])
+        output[RunResults.WORKER_OUTPUT] = found or []
         return
+    results.guarded(_conclude, session, results)
+
+
+def _conclude(session: pytest.Session, results: RunResults) -> None:
+    """Gather what was found outside any report; the exit status and the
+    closing line say what the run found."""
+    config = session.config
     for leak in results.outside:
         results.add(leak)
     results.outside.clear()
@@ -272,4 +280,6 @@ def pytest_terminal_summary(
 ) -> None:
     results = config.stash.get(results_key, None)
     if results is not None:
-        reporting.write_summary(terminalreporter, results.leaks, results.running)
+        results.guarded(
+            reporting.write_summary, terminalreporter, results.leaks, results.running
+        )

@@ -55,6 +55,14 @@ RUNNING_HINT = (
 codecs.lookup("unicode_escape")
 
 
+def disabled_warning(exc: Exception) -> pytest.PytestWarning:
+    return pytest.PytestWarning(
+        f"pytest-nozombies: internal error ({exc!r}); zombie checks are off for "
+        "the rest of this run. If this is not a permission problem of this "
+        "machine, please report it."
+    )
+
+
 def readable(text: str, limit: int | None = None) -> str:
     """``text`` with control characters escaped (``\\x1b``, ``\\n``), bytes
     that were not UTF-8 shown as ``\\xNN``, and cut after ``limit`` characters."""

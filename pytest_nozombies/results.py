@@ -10,6 +10,9 @@ each report's findings as the report is logged: by then the report's
 outcome is final, and says whether a leak that was to fail its test did
 (a rerun attempt, or an ``xfail`` test that swallowed the error, changes it).
 
+An internal error while reporting stops the plugin with one warning, as one
+while checking does (checks.py); it never reaches pytest.
+
 PYTEST_DONT_REWRITE
 """
 
@@ -17,15 +20,25 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Generator, Iterable
+import warnings
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from . import __version__, report_file
 from .leaks import FAILED_RUN, FAILED_TEST, RETRIED, Leak
-from .reporting import PROPERTY_NAME, REPORT_ATTRIBUTE, report_document, summary_line
+from .reporting import (
+    PROPERTY_NAME,
+    REPORT_ATTRIBUTE,
+    disabled_warning,
+    report_document,
+    summary_line,
+)
 from .settings import Settings
+
+T = TypeVar("T")
 
 
 class RunResults:
@@ -41,6 +54,20 @@ class RunResults:
         self.pending: list[Leak] = []
         #: Found outside any test phase (collection, the end of the session).
         self.outside: list[Leak] = []
+        #: The internal error that stopped the reporting (and the checks).
+        self.failure: Exception | None = None
+
+    def guarded(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """Run part of the reporting; an internal error stops it with one
+        warning, and the checks with it (``TestChecks.guarded`` sees it)."""
+        if self.failure is not None:
+            return None
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:  # never let a bug of ours crash the run
+            self.failure = exc
+            warnings.warn(disabled_warning(exc), stacklevel=1)
+            return None
 
     def add(self, leak: Leak) -> None:
         (self.leaks if leak.kind == "zombie" else self.running).append(leak)
@@ -84,7 +111,7 @@ class Collector:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if hasattr(report, REPORT_ATTRIBUTE):
-            self.results.collect(report)
+            self.results.guarded(self.results.collect, report)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_sessionfinish(
@@ -92,9 +119,9 @@ class Collector:
     ) -> Generator[None, None, None]:
         # Outermost: after pytest's own cache and terminal summary are written.
         yield
-        self._remember_blamed_tests()
+        self.results.guarded(self._remember_blamed_tests)
         if self.settings.report is not None:
-            self._write_report(session, self.settings.report)
+            self.results.guarded(self._write_report, session, self.settings.report)
 
     def _remember_blamed_tests(self) -> None:
         """A test blamed only after it reported (a late or fixture leak) goes

@@ -574,7 +574,11 @@ class Tracker:
             may_wait = time.monotonic() < deadline
             still = []
             for spawn, late in pending:
-                status = spawn.status()
+                # A newer record of its pid means it was reaped and the pid
+                # reused (where the identity is a start time, in clock ticks,
+                # it cannot tell two children started within one tick apart).
+                superseded = self._records.get(spawn.pid) is not spawn
+                status = "gone" if superseded else spawn.status()
                 if status == "gone":
                     self._forget(spawn)
                     continue

@@ -3,7 +3,9 @@
 A generated suite of 200 tests, each spawning 20 children from 4 threads, in
 which a random but known subset leaks in one of four ways. The plugin's
 verdicts must match that subset exactly: no false alarm, no miss, the right
-test blamed, run after run, also under pytest-xdist.
+test blamed, with how each child was spawned and ended, run after run, also
+under pytest-xdist. Every leak comes from a worker thread that the test joins
+before it ends, so none is handed to a thread that still runs.
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class Suite:
     immediate: set[str] = field(default_factory=set)
     #: Tests whose child dies later, during another test: late leaks.
     late: set[str] = field(default_factory=set)
+    #: How each leaking test leaks.
+    kinds: dict[str, str] = field(default_factory=dict)
 
 
 def generate(seed: int) -> Suite:
@@ -128,6 +132,7 @@ def generate(seed: int) -> Suite:
             else:
                 worker = rng.randrange(4)
                 body.append(f"    spawn_20({kind!r}, {nodeid!r}, {worker})")
+                suite.kinds[nodeid] = kind
                 if kind == "late_death":
                     suite.late.add(nodeid)
                     pending_end = nodeid
@@ -140,6 +145,15 @@ def generate(seed: int) -> Suite:
 
 ERROR_LINE = re.compile(r"^ERROR (\S+) - ", re.MULTILINE)
 
+#: How each kind of leak was spawned and how it ended (``sh -c "read x"``
+#: exits 1 when the pipe closes).
+SPAWNED_AND_ENDED = {
+    "kept_popen": ("subprocess.Popen", {"exit_code": 0, "signal": None}),
+    "fork_no_wait": ("os.fork", {"exit_code": 0, "signal": None}),
+    "kill_no_wait": ("subprocess.Popen", {"exit_code": None, "signal": 9}),
+    "late_death": ("subprocess.Popen", {"exit_code": 1, "signal": None}),
+}
+
 
 def check_run(suite: Suite, result: pytest.RunResult, report_path: str) -> None:
     output = result.stdout.str()
@@ -149,12 +163,21 @@ def check_run(suite: Suite, result: pytest.RunResult, report_path: str) -> None:
         f"false alarms: {sorted(errored - suite.immediate)}"
     )
     with open(report_path) as f:
-        leaks = json.load(f)["leaks"]
+        document = json.load(f)
+    leaks = document["leaks"]
+    assert document["running"] == []
     immediate = {leak["nodeid"] for leak in leaks if not leak["late"]}
     late = {leak["nodeid"] for leak in leaks if leak["late"]}
     assert immediate == suite.immediate
     assert late == suite.late
     assert len(leaks) == len(suite.immediate) + len(suite.late)
+    for leak in leaks:
+        spawned_by, ended = SPAWNED_AND_ENDED[suite.kinds[leak["nodeid"]]]
+        assert leak["spawned_by"] == spawned_by, leak
+        assert {key: leak["ended"][key] for key in ended} == ended, leak
+        assert leak["verdict"] == ("failed-run" if leak["late"] else "failed-test")
+        # Spawned by a worker thread, joined before the test ended.
+        assert leak["thread"].startswith("Thread-"), leak
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
