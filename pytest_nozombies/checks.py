@@ -200,11 +200,10 @@ class TestChecks:
         # Once queued: a warning made an error (-W error) then fails the test
         # and the findings are still reported.
         for exc in hook_errors:
-            warnings.warn(
+            self._warn(
                 pytest.PytestWarning(
                     f"pytest-nozombies: pytest_nozombies_leak raised {exc!r}"
-                ),
-                stacklevel=1,
+                )
             )
         return [leak for leak in own if leak in reported]
 
@@ -357,18 +356,31 @@ class TestChecks:
             return None
         try:
             return func(*args, **kwargs)
+        except Warning as warning:  # one of ours, that -W error made an error
+            if self._item is not None:
+                raise  # it fails the test, as any warning made an error does
+            self.results.errors.append(str(warning))
+            return None
         except Exception as exc:  # never let a bug of ours crash the run
             self.disable(exc)
             return None
 
+    def _warn(self, warning: Warning) -> None:
+        """Warn; made an error outside a test, where it would end pytest with
+        an INTERNALERROR, it becomes an error of the run instead."""
+        if self._item is not None:
+            warnings.warn(warning, stacklevel=2)
+        else:
+            self.results.warn_outside_tests(warning)
+
     def disable(self, exc: Exception, *, warn: bool = True) -> None:
         self.enabled = False
-        self._item = None
         self.results.pending.clear()  # the running test is not judged
         self.config.pluginmanager.unregister(self)
         self.tracker.stop_recording()
+        self._item = None
         if warn:
-            warnings.warn(reporting.disabled_warning(exc), stacklevel=1)
+            self.results.warn_outside_tests(reporting.disabled_warning(exc))
 
 
 def new_tracker(config: pytest.Config, settings: Settings) -> Tracker:

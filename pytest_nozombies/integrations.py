@@ -29,6 +29,7 @@ class XdistController:
         output: dict[str, Any] = getattr(node, "workeroutput", None) or {}
         for data in output.get(RunResults.WORKER_OUTPUT, []):
             self.results.guarded(self._add, data)
+        self.results.errors.extend(output.get(RunResults.WORKER_ERRORS, []))
 
     def _add(self, data: dict[str, Any]) -> None:
         self.results.add(Leak.from_json(data))

@@ -255,6 +255,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         output = getattr(config, "workeroutput", {})
         found = results.guarded(lambda: [leak.to_json() for leak in results.outside])
         output[RunResults.WORKER_OUTPUT] = found or []
+        output[RunResults.WORKER_ERRORS] = results.errors
         return
     results.guarded(_conclude, session, results)
 
@@ -267,7 +268,7 @@ def _conclude(session: pytest.Session, results: RunResults) -> None:
         results.add(leak)
     results.outside.clear()
     failed_run = any(leak.verdict == FAILED_RUN for leak in results.all())
-    if failed_run and session.exitstatus == pytest.ExitCode.OK:
+    if (failed_run or results.errors) and session.exitstatus == pytest.ExitCode.OK:
         # Found after their test reported: only the exit status can say so.
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     terminal = config.pluginmanager.get_plugin("terminalreporter")
@@ -283,3 +284,5 @@ def pytest_terminal_summary(
         results.guarded(
             reporting.write_summary, terminalreporter, results.leaks, results.running
         )
+        for error in results.errors:
+            terminalreporter.write_line(error, red=True)

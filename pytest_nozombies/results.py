@@ -46,6 +46,7 @@ class RunResults:
 
     #: Key of xdist's ``workeroutput`` for findings made outside any report.
     WORKER_OUTPUT = "nozombies_findings"
+    WORKER_ERRORS = "nozombies_errors"
 
     def __init__(self) -> None:
         self.leaks: list[Leak] = []
@@ -56,6 +57,8 @@ class RunResults:
         self.outside: list[Leak] = []
         #: The internal error that stopped the reporting (and the checks).
         self.failure: Exception | None = None
+        #: Warnings of ours that -W error made errors where no test ran.
+        self.errors: list[str] = []
 
     def guarded(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         """Run part of the reporting; an internal error stops it with one
@@ -66,8 +69,16 @@ class RunResults:
             return func(*args, **kwargs)
         except Exception as exc:  # never let a bug of ours crash the run
             self.failure = exc
-            warnings.warn(disabled_warning(exc), stacklevel=1)
+            self.warn_outside_tests(disabled_warning(exc))
             return None
+
+    def warn_outside_tests(self, warning: Warning) -> None:
+        """Warn where no test runs; one that -W error made an error becomes
+        one line of the summary and a failing exit status, not a crash."""
+        try:
+            warnings.warn(warning, stacklevel=2)
+        except Warning as exc:
+            self.errors.append(str(exc))
 
     def add(self, leak: Leak) -> None:
         (self.leaks if leak.kind == "zombie" else self.running).append(leak)

@@ -207,7 +207,8 @@ WAITED_BY_THREADS = {
             pool = concurrent.futures.ProcessPoolExecutor(2)
             assert list(pool.map(square, range(4))) == [0, 1, 4, 9]
             for process in multiprocessing.active_children():
-                WORKERS.setdefault(process.pid, process)
+                # By object, not pid: pids are reused (pid_max may be 32768).
+                WORKERS.setdefault(id(process), process)
             return pool
 
         @pytest.mark.parametrize("i", range(20))
