@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import time
 
 import pytest
@@ -69,6 +70,7 @@ class NoZombies:
         this process, zombies that existed when the fixture was set up do
         not count."""
         target = os.getpid() if pid is None else pid
+        self._exists(target)
         deadline = time.monotonic() + timeout
         first_seen: dict[tuple[int, float], float] = {}
         interval = 0.001
@@ -81,6 +83,7 @@ class NoZombies:
             for child, stat in zombies:
                 first_seen.setdefault((child, stat.start_time), now)
             if not zombies and not dying:
+                self._exists(target)  # and did not end (its zombies with it)
                 return
             if now >= deadline:
                 break
@@ -121,9 +124,19 @@ class NoZombies:
                 )
             else:
                 argv = processes.read_cmdline(pid)
-                command = " ".join(argv) if argv else f"[{stat.name}]"
+                command = shlex.join(argv) if argv else f"[{stat.name}]"
                 found.append(Child(pid, stat.state, command, None, None))
         return found
+
+    @staticmethod
+    def _exists(pid: int) -> None:
+        stat = processes.read_stat(pid)
+        if stat is None or stat.zombie:
+            pytest.fail(
+                f"process {pid} does not run (any more): its zombie children "
+                "cannot be checked",
+                pytrace=False,
+            )
 
     def _dying(self, parent: int) -> bool:
         """Whether a child of ``parent`` that this test signalled still runs."""

@@ -169,9 +169,7 @@ class Spawn:
     def note_exec(self) -> None:
         """Read what a forked child is running now, while it is alive to read."""
         if self.argv is None and self.exec_argv is None:
-            argv = processes.read_cmdline(self.pid)
-            if argv is not None and argv != _own_cmdline():
-                self.exec_argv = argv
+            self.exec_argv = exec_argv(self.pid)
 
     # --- what the report needs -----------------------------------------------
 
@@ -180,9 +178,10 @@ class Spawn:
         child, what it exec'd, or the name the kernel keeps (``name``)."""
         if self.argv is not None:
             return shlex.join(self.argv)
+        made = self.how if self.how == "adopted orphan" else f"forked by {self.how}"
         if self.exec_argv is not None:
-            return f"{shlex.join(self.exec_argv)} (forked by {self.how})"
-        return f"[{name or '?'}] (forked by {self.how})"
+            return f"{shlex.join(self.exec_argv)} ({made})"
+        return f"[{name or '?'}] ({made})"
 
     def stack(self) -> tuple[Frame, ...]:
         """The spawning stack, innermost first, with line numbers."""
@@ -212,6 +211,13 @@ def _line_of(code: CodeType, lasti: int) -> int:
 @functools.cache
 def _own_cmdline() -> tuple[str, ...] | None:
     return processes.read_cmdline(os.getpid())
+
+
+def exec_argv(pid: int) -> tuple[str, ...] | None:
+    """What process ``pid`` runs, unless it is a fork of this process that
+    never exec'd (its command line is then this process's own)."""
+    argv = processes.read_cmdline(pid)
+    return None if argv == _own_cmdline() else argv
 
 
 def parked_popen(pid: int) -> subprocess.Popen[Any] | None:
@@ -526,7 +532,7 @@ def _wrap_kill(
     # Popen.send_signal/kill/terminate and multiprocessing's end here too.
     @functools.wraps(original)
     def kill(pid: int, sig: int) -> None:
-        if _recorders:
+        if _recorders and sig:  # signal 0 only asks whether pid exists
             _recorders[-1].note_signal(pid)
         original(pid, sig)
 
@@ -538,7 +544,7 @@ def _wrap_killpg(
 ) -> Callable[[int, int], None]:
     @functools.wraps(original)
     def killpg(pgid: int, sig: int) -> None:
-        if _recorders:
+        if _recorders and sig:
             _recorders[-1].note_signal(-pgid if pgid > 0 else 0)
         original(pgid, sig)
 

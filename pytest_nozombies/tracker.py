@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -157,6 +158,8 @@ class Owner:
         for pattern, setup, teardown in _XUNIT_FIXTURES:
             match = pattern.fullmatch(self.fixture)
             if match:
+                if setup == "setup_module" and _unittest_module(match[1]):
+                    setup, teardown = "setUpModule", "tearDownModule"
                 name = (teardown if self.phase == "teardown" else setup).format(
                     match[1]
                 )
@@ -168,6 +171,12 @@ class Owner:
 
     def __repr__(self) -> str:
         return f"<Owner {self.describe()}>"
+
+
+def _unittest_module(name: str) -> bool:
+    """Whether module ``name`` spells its set-up the unittest way."""
+    module = sys.modules.get(name)
+    return hasattr(module, "setUpModule") or hasattr(module, "tearDownModule")
 
 
 class Verdict:
@@ -665,13 +674,8 @@ class Tracker:
             identity = processes.identify(pid)
             if stat is None or stat.zombie or identity is None:
                 continue
-            spawn = Spawn(
-                pid,
-                identity,
-                processes.read_cmdline(pid),
-                "adopted orphan",
-                current,
-            )
+            spawn = Spawn(pid, identity, None, "adopted orphan", current)
+            spawn.exec_argv = spawns.exec_argv(pid)
             spawn.judged = "left running"
             self._records[pid] = spawn
             if self.running_fails and not current.allowed:
@@ -755,6 +759,8 @@ class Tracker:
     def _site_note(self, spawn: Spawn, owner: Owner) -> str:
         if spawn.how == "unknown":
             return "not spawned through Python"
+        if spawn.how == "adopted orphan":
+            return "an orphan that came back to this process, spawned out of its sight"
         where = f"; the test is at {owner.test_site}" if owner.test_site else ""
         if spawn.thread is not None:
             return (

@@ -286,6 +286,39 @@ def test_unittest_class_fixtures_are_named_as_written(
     result.stdout.no_fnmatch_line("*_unittest_setUpClass_fixture*")
 
 
+def test_unittest_module_fixtures_are_named_as_written(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    # pytest makes one fixture of setup_module and of unittest's setUpModule:
+    # the report names the one the module defines.
+    pytester.makepyfile(
+        test_module="""
+        import os, subprocess, unittest
+
+        KEPT = []
+
+        def setUpModule():
+            KEPT.append(subprocess.Popen(["sh", "-c", "exit 4"]))  # line 6
+            os.waitid(os.P_PID, KEPT[-1].pid, os.WEXITED | os.WNOWAIT)
+
+        class Server(unittest.TestCase):
+            def test_one(self):
+                pass
+        """
+    )
+    result = run_inner()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= nozombies: 1 zombie leak =*",
+            "setUpModule (of test_module.py::Server::test_one): pid * sh -c 'exit 4', "
+            "exited with code 4, spawned at test_module.py:6",
+        ],
+        consecutive=True,
+    )
+    result.stdout.no_fnmatch_line("*setup_module*")
+
+
 def test_pool_workers_show_their_process_name(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:

@@ -686,3 +686,25 @@ def test_the_fixture_does_not_exist_without_the_plugin(
     result = run_inner("-p", "no:nozombies")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'nozombies' not found*"])
+
+
+def test_assert_no_zombies_fails_for_a_process_that_does_not_run(
+    inner: WriteInner, run_inner: RunInner
+) -> None:
+    # A mistyped pid, or a server that crashed, must not pass as "reaps its
+    # children": there is nothing to check.
+    inner(
+        """
+        import subprocess
+
+        def test_server_that_is_gone(nozombies):
+            server = subprocess.Popen(["true"])
+            server.wait()
+            nozombies.assert_no_zombies(server.pid)
+        """
+    )
+    result = run_inner()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["process * does not run (any more): its zombie children cannot be checked"]
+    )

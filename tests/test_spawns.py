@@ -378,6 +378,19 @@ def test_a_forked_childs_command_is_read_when_it_is_signalled(
             os.close(result[1])
 
 
+def test_signal_zero_probes_and_is_not_a_signal(tracker: Tracker) -> None:
+    # os.kill(pid, 0) only asks whether pid exists: the child was not asked
+    # to die, so the grace period must not be spent on it.
+    with subprocess.Popen(["sleep", "30"]) as proc:
+        try:
+            os.kill(proc.pid, 0)
+            assert record_of(tracker, proc.pid).signalled is False
+            proc.terminate()
+            assert record_of(tracker, proc.pid).signalled is True
+        finally:
+            proc.kill()
+
+
 def test_a_fork_that_never_execs_keeps_no_command(tracker: Tracker) -> None:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
