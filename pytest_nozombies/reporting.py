@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .leaks import FAILED_RUN, RETRIED, Leak
+from .leaks import RETRIED, Leak
 
 SCHEMA_ID = "pytest-nozombies-report"
 SCHEMA_VERSION = 2
@@ -185,10 +185,6 @@ def write_summary(
         terminalreporter.write_sep("=", title, yellow=True)
         for leak in running:
             terminalreporter.write_line(summary_line(leak))
-
-
-def fails_run(findings: Sequence[Leak]) -> bool:
-    return any(leak.verdict == FAILED_RUN for leak in findings)
 
 
 def report_document(

@@ -35,6 +35,7 @@ PYTEST_DONT_REWRITE
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import re
@@ -58,34 +59,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=functools.partial(_forks.append, None))
 
 #: pytest's names for the fixtures it makes of xunit and unittest set-ups.
-_XUNIT_FIXTURES = (
-    (
-        re.compile(r"_unittest_setUpClass_fixture_(.+)"),
-        "{}.setUpClass",
-        "{}.tearDownClass",
-    ),
-    (re.compile(r"_unittest_setup_method_fixture_(.+)"), "{}.setUp", "{}.tearDown"),
-    (
-        re.compile(r"_xunit_setup_module_fixture_(.+)"),
-        "setup_module",
-        "teardown_module",
-    ),
-    (
-        re.compile(r"_xunit_setup_class_fixture_(.+)"),
-        "{}.setup_class",
-        "{}.teardown_class",
-    ),
-    (
-        re.compile(r"_xunit_setup_method_fixture_(.+)"),
-        "{}.setup_method",
-        "{}.teardown_method",
-    ),
-    (
-        re.compile(r"_xunit_setup_function_fixture_(.+)"),
-        "setup_function",
-        "teardown_function",
-    ),
-)
+_XUNIT_FIXTURES = {
+    "_unittest_setUpClass_fixture_": ("{}.setUpClass", "{}.tearDownClass"),
+    "_unittest_setup_method_fixture_": ("{}.setUp", "{}.tearDown"),
+    "_xunit_setup_module_fixture_": ("setup_module", "teardown_module"),
+    "_xunit_setup_class_fixture_": ("{}.setup_class", "{}.teardown_class"),
+    "_xunit_setup_method_fixture_": ("{}.setup_method", "{}.teardown_method"),
+    "_xunit_setup_function_fixture_": ("setup_function", "teardown_function"),
+}
 #: Longest sleep between two looks while waiting out the grace period.
 _MAX_INTERVAL = 0.02
 #: Left to pytest-timeout's handler before its deadline.
@@ -141,29 +122,20 @@ class Owner:
         self.test_site = test_site
 
     def with_phase(self, phase: str) -> Owner:
-        return Owner(
-            self.scope,
-            self.nodeid,
-            phase,
-            fixture=self.fixture,
-            fixture_scope=self.fixture_scope,
-            allowed=self.allowed,
-            test_file=self.test_file,
-            test_site=self.test_site,
-        )
+        owner = copy.copy(self)
+        owner.phase = phase
+        return owner
 
     def describe(self) -> str:
         if self.fixture is None:
             return f"{self.nodeid} ({self.phase})"
-        for pattern, setup, teardown in _XUNIT_FIXTURES:
-            match = pattern.fullmatch(self.fixture)
-            if match:
-                if setup == "setup_module" and _unittest_module(match[1]):
+        for prefix, (setup, teardown) in _XUNIT_FIXTURES.items():
+            if self.fixture.startswith(prefix):
+                named = self.fixture.removeprefix(prefix)
+                if setup == "setup_module" and _unittest_module(named):
                     setup, teardown = "setUpModule", "tearDownModule"
-                name = (teardown if self.phase == "teardown" else setup).format(
-                    match[1]
-                )
-                return f"{name} (of {self.nodeid})"
+                name = teardown if self.phase == "teardown" else setup
+                return f"{name.format(named)} (of {self.nodeid})"
         return (
             f"fixture {self.fixture!r} ({self.fixture_scope} scope, "
             f"{self.phase} of {self.nodeid})"
