@@ -608,7 +608,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], list[str
     notes: list[str] = []
 
     def ratio_scenario(name: str, suite: Path, load: str) -> Result:
-        """Plugin on against off, judged by the issue's ratio target."""
+        """Plugin on against off, judged by the ratio target."""
         result = plugin_on_off(
             name,
             suite,
