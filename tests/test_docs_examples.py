@@ -6,6 +6,7 @@ with ``literalinclude``; so is the output printed next to it
 folder and run in a subprocess with the plugin on, and the test asserts what
 the page claims: the outcomes, the exit status, and that the output shown is
 the output produced (once pids, timings and paths are made comparable).
+README.md's output of its first command is checked the same way.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from typing import Any
 import jsonschema
 import pytest
 
-from helpers import RunInner
+from helpers import DEADLINE, RunInner
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX only")
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"
 OUTPUT = EXAMPLES / "output"
 #: Where the shown output was produced; stands for pytester's folder.
@@ -502,3 +504,25 @@ def test_every_example_file_is_shown_on_a_page_and_run_here() -> None:
     for path in OUTPUT.iterdir():
         assert f"examples/output/{path.name}" in pages, path.name
         assert path.name in compared, path.name
+
+
+def readme_output() -> str:
+    """The output README.md shows for its first command."""
+    text = (ROOT / "README.md").read_text()
+    blocks: list[str] = re.findall(r"(?ms)^```text\n(.*?)^```$", text)
+    [block] = [b for b in blocks if "test session starts" in b]
+    return block
+
+
+@pytest.mark.usefixtures("run_example")  # for its environment: 80 columns
+def test_readme_shows_what_its_first_command_prints(pytester: pytest.Pytester) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "python -m pytest examples" in readme
+    shutil.copytree(ROOT / "examples", pytester.path / "examples")
+    # As a reader types it: no option of the test suite's own.
+    result = pytester.run(
+        sys.executable, "-m", "pytest", "examples", timeout=DEADLINE * 4
+    )
+    result.assert_outcomes(passed=5, errors=3)
+    assert result.ret == 1
+    assert normalize(result.stdout.str(), pytester.path) == normalize(readme_output())
