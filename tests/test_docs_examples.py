@@ -6,6 +6,7 @@ with ``literalinclude``; so is the output printed next to it
 folder and run in a subprocess with the plugin on, and the test asserts what
 the page claims: the outcomes, the exit status, and that the output shown is
 the output produced (once pids, timings and paths are made comparable).
+README.md's output of its first command is checked the same way.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from typing import Any
 import jsonschema
 import pytest
 
-from helpers import RunInner
+from helpers import DEADLINE, RunInner
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX only")
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"
 OUTPUT = EXAMPLES / "output"
 #: Where the shown output was produced; stands for pytester's folder.
@@ -45,10 +47,12 @@ def normalize(text: str, folder: Path | None = None) -> list[str]:
     """Lines of pytest output with what varies between runs made constant."""
     if folder is not None:
         text = text.replace(str(folder), SHOWN_DIR)
-    text = re.sub(r"\bpid \d+", "pid N", text)
+    text = re.sub(r"\b(pid|process) \d+", r"\1 N", text)
     text = re.sub(r"\[python[0-9.]*\]", "[python]", text)
     text = re.sub(r" in \d+\.\d+s\b", " in Ts", text)
     text = re.sub(r"ForkProcess-\d+", "ForkProcess-N", text)
+    # assert_no_zombies says how long it saw each zombie: near its timeout.
+    text = re.sub(r"a zombie for at least \d+\.\ds", "a zombie for at least Ts", text)
     # A separator's width depends on its title's (a timing's) length.
     text = re.sub(r"(?m)^([=_-])\1* (.*?) \1+$", r"\1 \2 \1", text)
     return [line.rstrip() for line in text.splitlines() if not _VARIABLE.match(line)]
@@ -65,13 +69,22 @@ class Example:
     args: tuple[str, ...] = ()
     #: An example ini file, copied in as ``pytest.ini``.
     ini: str | None = None
+    #: An example conftest, copied in as ``conftest.py``.
+    conftest: str | None = None
     #: The output shown on the page (``docs/examples/output/``).
     shown: str | None = None
+    #: The shown output is a part of the output (its lines, in one piece).
+    excerpt: bool = False
     #: Lines that must (also) be in the output, fnmatch patterns.
     lines: tuple[str, ...] = ()
     #: Output shown on the page whose lines come in any order (xdist).
     shown_unordered: str | None = None
     linux_only: bool = False
+
+    @property
+    def test_files(self) -> tuple[str, ...]:
+        """The files named on the command line (not the helpers they import)."""
+        return tuple(name for name in self.files if name.startswith("test_"))
 
 
 EXAMPLES_RUN = [
@@ -101,10 +114,12 @@ EXAMPLES_RUN = [
         args=("--nozombies-mode=warn", "-W", "error::pytest_nozombies.ZombieWarning"),
         lines=(
             "*ERROR at teardown of test_stop_server*",
+            "test left 1 zombie child process (exited, never waited for):",
             "*= nozombies: 1 zombie leak =*",
+            "*= 1 passed, 1 error, 1 zombie leak in *",
         ),
     ),
-    # how-to/read-the-report.rst: -vv adds the whole spawning stack.
+    # how-to/read-the-report.rst: -vv adds the spawning stack.
     Example(
         "leak-very-verbose",
         ("test_leak_example.py",),
@@ -115,6 +130,7 @@ EXAMPLES_RUN = [
             "    spawned at: test_leak_example.py:7",
             "    stack (most recent call last):",
             "      test_leak_example.py:7 in test_stop_server",
+            "      */subprocess.py:* in __init__",
         ),
     ),
     # quickstart.rst: the fixed tests pass and nothing is reported.
@@ -134,8 +150,9 @@ EXAMPLES_RUN = [
         0,
         shown="allowed.txt",
     ),
-    # how-it-works.rst, how-to/read-the-report.rst: a late leak is blamed on
-    # the test that spawned the child; both tests pass, the run exits 1.
+    # how-it-works.rst, how-to/read-the-report.rst, how-to/gate-ci.rst: a late
+    # leak is blamed on the test that spawned the child; both tests pass, the
+    # closing line counts the leak, the run exits 1.
     Example(
         "late",
         ("test_late_leak_example.py",),
@@ -143,7 +160,8 @@ EXAMPLES_RUN = [
         1,
         shown="late.txt",
     ),
-    # how-it-works.rst: a module fixture's leak is blamed on the fixture.
+    # how-to/read-the-report.rst: a module fixture's leak is blamed on the
+    # fixture.
     Example(
         "fixture",
         ("test_fixture_leak_example.py",),
@@ -151,7 +169,8 @@ EXAMPLES_RUN = [
         1,
         shown="fixture.txt",
     ),
-    # configuration.rst: nozombies_running = warn lists the child, exit 0...
+    # how-to/read-the-report.rst: nozombies_running = warn lists the child
+    # still running at the end, exit 0...
     Example(
         "running",
         ("test_running_example.py",),
@@ -159,14 +178,15 @@ EXAMPLES_RUN = [
         0,
         shown="running.txt",
     ),
-    # ...and nozombies_running = fail makes the run exit 1.
+    # ...and nozombies_running = fail (configuration.rst's ini file) fails
+    # the test that left it.
     Example(
         "running-fail",
         ("test_running_example.py",),
-        {"passed": 1},
+        {"passed": 1, "errors": 1},
         1,
         ini="running_fail_example.ini",
-        lines=("*= nozombies: 1 child still running =*",),
+        shown="running-fail.txt",
     ),
     # how-to/subreaper.rst: without the option the daemon is not ours...
     Example(
@@ -202,6 +222,54 @@ EXAMPLES_RUN = [
         ("test_ignore_example.py",),
         {"passed": 2, "errors": 2},
         1,
+        lines=("*= 2 passed, 2 errors, 2 zombie leaks in *",),
+    ),
+    # how-to/ignore.rst, configuration.rst: the conftest's hook keeps one
+    # leak back and adds a note to the other...
+    Example(
+        "hook",
+        ("test_hook_example.py",),
+        {"passed": 2, "errors": 1},
+        1,
+        conftest="conftest_hook_example.py",
+        shown="hook.txt",
+    ),
+    # ...and, declared optional, costs nothing without the plugin.
+    Example(
+        "hook-without-plugin",
+        ("test_hook_example.py",),
+        {"passed": 2},
+        0,
+        args=("-p", "no:nozombies"),
+        conftest="conftest_hook_example.py",
+    ),
+    # how-to/read-the-report.rst: a spawn in a helper of the project names
+    # the test's line too (via:), and one from another thread names it.
+    Example(
+        "via",
+        ("test_via_example.py", "servers_example.py"),
+        {"passed": 2, "errors": 2},
+        1,
+        shown="via.txt",
+    ),
+    # how-to/test-process-managers.rst: the server that reaps its killed
+    # worker passes, the one that forgets it fails, naming the worker.
+    Example(
+        "manager",
+        ("test_manager_example.py",),
+        {"passed": 2, "failed": 1},
+        1,
+        shown="manager.txt",
+        excerpt=True,
+    ),
+    # how-to/test-process-managers.rst: the fixture works in every mode.
+    Example(
+        "manager-mode-off",
+        ("test_manager_example.py",),
+        {"passed": 2, "failed": 1},
+        1,
+        args=("--nozombies-mode=off",),
+        lines=("*still has 1 zombie child after 2s:",),
     ),
     # how-to/xdist.rst: under -n 2 the controller lists every worker's leaks,
     # and --dist loadfile keeps the order-dependent late-leak pair together.
@@ -225,6 +293,8 @@ def copy_examples(pytester: pytest.Pytester, example: Example) -> None:
         shutil.copy(EXAMPLES / name, pytester.path / name)
     if example.ini is not None:
         shutil.copy(EXAMPLES / example.ini, pytester.path / "pytest.ini")
+    if example.conftest is not None:
+        shutil.copy(EXAMPLES / example.conftest, pytester.path / "conftest.py")
 
 
 @pytest.fixture
@@ -246,7 +316,7 @@ def test_example_runs_as_its_page_says(
     if "-n" in example.args:
         pytest.importorskip("xdist")
     copy_examples(pytester, example)
-    result = run_example(*example.args, *example.files)
+    result = run_example(*example.args, *example.test_files)
     result.assert_outcomes(**example.outcomes)
     assert result.ret == example.ret
     if example.lines:
@@ -254,7 +324,10 @@ def test_example_runs_as_its_page_says(
     actual = normalize(result.stdout.str(), pytester.path)
     if example.shown is not None:
         shown = normalize((OUTPUT / example.shown).read_text())
-        assert actual == shown
+        if example.excerpt:
+            assert_contains_block(actual, shown)
+        else:
+            assert actual == shown
     if example.shown_unordered is not None:
         # Workers report in any order: every shown line is there, in some order.
         shown = normalize((OUTPUT / example.shown_unordered).read_text())
@@ -262,6 +335,14 @@ def test_example_runs_as_its_page_says(
         assert sorted(x for x in actual if not progress.match(x)) == sorted(
             x for x in shown if not progress.match(x)
         )
+
+
+def assert_contains_block(lines: list[str], block: list[str]) -> None:
+    """``block``'s lines are in ``lines``, in one piece and in order."""
+    assert block, "an empty excerpt shows nothing"
+    starts = [i for i, line in enumerate(lines) if line == block[0]]
+    report = "\n".join(["shown:", *block, "", "produced:", *lines])
+    assert any(lines[i : i + len(block)] == block for i in starts), report
 
 
 def test_wrong_marker_arguments_stop_the_run_with_exit_code_4(
@@ -292,7 +373,7 @@ def test_json_report_and_junit_property_are_as_shown(
     document = json.loads((pytester.path / "report.json").read_text())
     jsonschema.validate(document, load_schema())
     assert document["schema"] == "pytest-nozombies-report"
-    assert document["version"] == 1
+    assert document["version"] == 2
 
     # docs/how-to/read-the-report.rst shows one leak, its stack shortened to
     # the test's own frame.
@@ -321,6 +402,21 @@ def test_json_report_and_junit_property_are_as_shown(
     assert normalize(value) == normalize(shown_property.get("value", ""))
 
 
+def test_hook_example_keeps_one_leak_out_of_the_json_report_and_annotates_the_other(
+    pytester: pytest.Pytester, run_example: RunInner
+) -> None:
+    shutil.copy(EXAMPLES / "test_hook_example.py", pytester.path)
+    shutil.copy(EXAMPLES / "conftest_hook_example.py", pytester.path / "conftest.py")
+    result = run_example("--nozombies-report=report.json", "test_hook_example.py")
+    result.assert_outcomes(passed=2, errors=1)
+    document = json.loads((pytester.path / "report.json").read_text())
+    [leak] = document["leaks"]
+    assert leak["nodeid"] == "test_hook_example.py::test_starts_a_server"
+    assert leak["argv"] == ["sleep", "60"]
+    assert leak["details"] == ["servers must be stopped in their fixture's teardown"]
+    assert document["running"] == []
+
+
 #: The usage errors configuration.rst lists, with what produces each.
 USAGE_ERRORS = [
     (
@@ -333,14 +429,15 @@ USAGE_ERRORS = [
         ("--nozombies-grace=-1",),
         None,
         "ERROR: pytest-nozombies: invalid value '-1' for --nozombies-grace "
-        "(command line); expected a number of seconds, 0 or more (e.g. 0.5)",
+        "(command line); expected a number of seconds from 0 to 9223372036 "
+        "(e.g. 0.5)",
     ),
     (
         ("--nozombies-report=.",),
         None,
         "ERROR: pytest-nozombies: invalid value '.' for --nozombies-report "
-        "(command line); expected a file path in a folder this run can write to "
-        "(it is a folder)",
+        "(command line); expected a regular file in a folder this run can write to "
+        "(it is a folder, and only a regular file is ever replaced)",
     ),
     (
         (),
@@ -390,10 +487,42 @@ def test_every_example_file_is_shown_on_a_page_and_run_here() -> None:
     pages = "\n".join(p.read_text() for p in DOCS.rglob("*.rst"))
     run_here = {name for e in EXAMPLES_RUN for name in e.files}
     run_here |= {e.ini for e in EXAMPLES_RUN if e.ini is not None}
+    run_here |= {e.conftest for e in EXAMPLES_RUN if e.conftest is not None}
     run_here |= {"test_bad_marker_example.py"}
     for path in EXAMPLES.iterdir():
         if path.is_file():
             assert f"examples/{path.name}" in pages, path.name
             assert path.name in run_here, path.name
+    compared = {e.shown for e in EXAMPLES_RUN if e.shown is not None}
+    compared |= {e.shown_unordered for e in EXAMPLES_RUN if e.shown_unordered}
+    compared |= {
+        "bad-marker.txt",
+        "report-leak.json",
+        "report-run.json",
+        "junit-property.xml",
+    }
     for path in OUTPUT.iterdir():
         assert f"examples/output/{path.name}" in pages, path.name
+        assert path.name in compared, path.name
+
+
+def readme_output() -> str:
+    """The output README.md shows for its first command."""
+    text = (ROOT / "README.md").read_text()
+    blocks: list[str] = re.findall(r"(?ms)^```text\n(.*?)^```$", text)
+    [block] = [b for b in blocks if "test session starts" in b]
+    return block
+
+
+@pytest.mark.usefixtures("run_example")  # for its environment: 80 columns
+def test_readme_shows_what_its_first_command_prints(pytester: pytest.Pytester) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "python -m pytest examples" in readme
+    shutil.copytree(ROOT / "examples", pytester.path / "examples")
+    # As a reader types it: no option of the test suite's own.
+    result = pytester.run(
+        sys.executable, "-m", "pytest", "examples", timeout=DEADLINE * 4
+    )
+    result.assert_outcomes(passed=5, errors=3)
+    assert result.ret == 1
+    assert normalize(result.stdout.str(), pytester.path) == normalize(readme_output())

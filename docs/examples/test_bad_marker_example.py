@@ -1,6 +1,6 @@
 import pytest
 
 
-@pytest.mark.allow_zombies("it forks")  # should be reason="it forks"
+@pytest.mark.allow_zombies(reson="it forks")  # should be reason="it forks"
 def test_forks():
     pass
