@@ -289,6 +289,15 @@ def exit_status(pid: int) -> ExitStatus | None:
     )
 
 
+def reap(pid: int) -> ExitStatus | None:
+    """Collect the zombie child ``pid``: only one nobody else can wait for."""
+    try:
+        found, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return ExitStatus.from_wait_status(status) if found else None
+
+
 def zombie_children() -> list[tuple[int, Stat]]:
     """Every child that has exited and not been reaped, oldest first."""
     if children_now() != "exited":

@@ -67,6 +67,8 @@ _XUNIT_FIXTURES = {
     "_xunit_setup_method_fixture_": ("{}.setup_method", "{}.teardown_method"),
     "_xunit_setup_function_fixture_": ("setup_function", "teardown_function"),
 }
+#: How children nobody here spawned are recorded (orphans, in subreaper mode).
+_ORPHANS = ("adopted orphan", "unknown")
 #: Longest sleep between two looks while waiting out the grace period.
 _MAX_INTERVAL = 0.02
 #: Left to pytest-timeout's handler before its deadline.
@@ -621,6 +623,10 @@ class Tracker:
             return None  # collected between our look and now: all we ask
         spawn.judged = "reported"
         reaped = spawn.reap_through_holder()
+        if reaped is None and self.adopt_orphans and spawn.how in _ORPHANS:
+            # Most likely an orphan that came back: its parent is gone, and
+            # only this process, its subreaper, can collect it.
+            reaped = processes.reap(spawn.pid)
         if reaped is not None:
             self._forget(spawn)
         if spawn.owner is None or spawn.owner.allowed:

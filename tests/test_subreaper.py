@@ -66,17 +66,27 @@ def test_double_forked_daemon_is_caught_only_with_the_option(
                 assert time.monotonic() < deadline
                 time.sleep(0.005)
 
+            test_daemon.pid = pid
+
         def test_flag_is_set_as_asked():
             assert is_subreaper() == bool(os.environ.get("EXPECT_SUBREAPER"))
+
+        def test_the_orphan_was_reaped_after_its_report():
+            # Only this process could collect it: it is not left a zombie.
+            try:
+                os.waitid(os.P_PID, test_daemon.pid, os.WEXITED | os.WNOHANG)
+            except ChildProcessError:
+                return
+            raise AssertionError("the orphan is still this process's child")
         """
     )
     result = run_inner()
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EXPECT_SUBREAPER", "1")
         result = run_inner("--nozombies-subreaper")
-    result.assert_outcomes(passed=2, errors=1)
+    result.assert_outcomes(passed=3, errors=1)
     result.stdout.fnmatch_lines(
         [
             "nozombies: mode=fail, *, subreaper, *",
