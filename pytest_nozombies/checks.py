@@ -32,11 +32,11 @@ import _pytest
 import pluggy
 import pytest
 
-from . import reporting
+from . import markers, reporting
 from .leaks import FAILED_RUN, FAILED_TEST, WARNED, Leak
 from .results import RunResults
 from .settings import Settings
-from .tracker import Owner, Tracker, Verdict
+from .tracker import Findings, Owner, Tracker
 
 T = TypeVar("T")
 
@@ -168,7 +168,7 @@ class TestChecks:
     # --- findings ------------------------------------------------------------
 
     def deliver(
-        self, verdict: Verdict, item: pytest.Item | None, *, test: bool
+        self, verdict: Findings, item: pytest.Item | None, *, test: bool
     ) -> list[Leak]:
         """Give each finding its verdict, let the hook keep it from being
         reported, and queue it; return those of the judged scope itself (not
@@ -258,7 +258,10 @@ class TestChecks:
     ) -> Generator[None, object, object]:
         tracker = self.tracker
         owner = self.guarded(
-            tracker.fixture_owner, fixturedef.argname, fixturedef.scope
+            tracker.fixture_owner,
+            fixturedef.argname,
+            fixturedef.scope,
+            allowed=markers.allows(request.node),
         )
         if owner is None or not tracker.in_session_process():
             return (yield)
@@ -334,7 +337,7 @@ class TestChecks:
     def finish_session(self) -> None:
         """Judge what died after the last check, and what threads still hold."""
         tracker = self.tracker
-        verdict = self.guarded(tracker.final_sweep) or Verdict()
+        verdict = self.guarded(tracker.final_sweep) or Findings()
         if self.settings.running != "ignore":
             verdict.running.extend(self.guarded(tracker.running_leftovers) or [])
         if verdict:

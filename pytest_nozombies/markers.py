@@ -64,6 +64,11 @@ class AllowedTests:
         return allowed
 
 
+def allows(node: pytest.Item | pytest.Collector) -> bool:
+    """Whether ``node`` or a node above it is marked (already checked)."""
+    return node.get_closest_marker(MARKER) is not None
+
+
 def _marked(node: pytest.Item | pytest.Collector) -> bool:
     """Whether ``node`` itself carries the marker (its parents not asked)."""
     marked = False

@@ -153,8 +153,9 @@ def _unittest_module(name: str) -> bool:
     return hasattr(module, "setUpModule") or hasattr(module, "tearDownModule")
 
 
-class Verdict:
-    """What one check found."""
+class Findings:
+    """What one check found: leaks of the judged scope, late ones, and
+    children it left running."""
 
     __slots__ = ("late", "leaks", "running")
 
@@ -169,9 +170,6 @@ class Verdict:
     def __bool__(self) -> bool:
         return bool(self.leaks or self.late or self.running)
 
-
-#: The verdict of nearly every check; never mutated.
-NOTHING = Verdict()
 
 Others = Literal["none", "unknown", "all"]
 
@@ -353,20 +351,24 @@ class Tracker:
         if self.test is not None:
             self.owner = self.test.with_phase(phase)
 
-    def fixture_owner(self, name: str, fixture_scope: str) -> Owner | None:
+    def fixture_owner(
+        self, name: str, fixture_scope: str, *, allowed: bool
+    ) -> Owner | None:
         """The owner of a fixture set up now: a function-scoped one shares its
-        test's scope; a wider one has a scope of its own until finalized."""
+        test's scope; a wider one has a scope of its own until finalized.
+        ``allowed``: whether the node of a wider fixture's scope (its class,
+        its module) is marked ``allow_zombies``; not the test that asked."""
         current = self.owner
         if current is None or current.nodeid is None:
             return None
-        scope = current.scope if fixture_scope == "function" else Scope()
+        function = fixture_scope == "function"
         return Owner(
-            scope,
+            current.scope if function else Scope(),
             current.nodeid,
             "setup",
             fixture=name,
             fixture_scope=fixture_scope,
-            allowed=current.allowed,
+            allowed=current.allowed if function else allowed,
             test_file=current.test_file,
             test_site=current.test_site,
         )
@@ -378,11 +380,11 @@ class Tracker:
 
     # --- checks --------------------------------------------------------------
 
-    def end_collection(self) -> Verdict:
+    def end_collection(self) -> Findings:
         self.owner = None
         return self._end_scope(self.collection, None, found_during="collection")
 
-    def end_test(self) -> Verdict:
+    def end_test(self) -> Findings:
         """The running test's teardown is over: judge what it left.
 
         The fast path of nearly every test is one system call: nothing was
@@ -391,14 +393,14 @@ class Tracker:
         spawns.note_forks()
         test, self.test, self.owner = self.test, None, None
         if test is None:
-            return NOTHING
+            return Findings()
         scope = test.scope
         if not scope.children and not self.adopt_orphans:
             now = processes.children_now()
             if now != "exited":
                 self._childless = now == "none"
                 scope.open = False
-                return NOTHING
+                return Findings()
         current = test.with_phase("teardown")
         # Still the test's teardown: a child that one of its threads spawns
         # while it is judged (during the grace period) is its own, a late leak.
@@ -413,16 +415,16 @@ class Tracker:
             verdict.running.extend(self._adopt_orphans(current))
         return verdict
 
-    def end_fixture(self, owner: Owner) -> Verdict:
+    def end_fixture(self, owner: Owner) -> Findings:
         """A wider fixture was finalized: judge its children."""
         return self._end_scope(owner.scope, None, found_during=owner.nodeid)
 
-    def check_now(self) -> Verdict:
+    def check_now(self) -> Findings:
         """Judge the running test's zombies now, mid-test (the fixture's
         ``check()``); children still running are not judged."""
         test = self.test
         if test is None:
-            return NOTHING
+            return Findings()
         current = self.owner or test
         return self._judge(
             test.scope,
@@ -432,7 +434,7 @@ class Tracker:
             running=False,
         )
 
-    def final_sweep(self) -> Verdict:
+    def final_sweep(self) -> Findings:
         """At the end of the session: children that died after the last check."""
         return self._judge(
             None,
@@ -467,7 +469,7 @@ class Tracker:
         *,
         found_during: str | None,
         others: Others = "none",
-    ) -> Verdict:
+    ) -> Findings:
         try:
             return self._judge(
                 scope, current, found_during=found_during, others=others, running=True
@@ -489,7 +491,7 @@ class Tracker:
         found_during: str | None,
         others: Others,
         running: bool,
-    ) -> Verdict:
+    ) -> Findings:
         spawns.note_forks()
         candidates = [
             (s, False) for s in (scope.children if scope else ()) if s.judged is None
@@ -497,9 +499,9 @@ class Tracker:
         if others != "none":
             candidates += self._other_zombies(scope, current, late=others == "all")
         if not candidates:
-            return NOTHING
+            return Findings()
         zombies, left = self._settle(candidates, running=running)
-        verdict = Verdict()
+        verdict = Findings()
         for spawn, late in zombies:
             leak = self._report_zombie(spawn, late, found_during)
             if leak is not None:

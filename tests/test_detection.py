@@ -944,3 +944,63 @@ def test_very_verbose_shows_the_spawn_stack(
             HINT,
         ]
     )
+
+
+WIDE_FIXTURE_LEAKS = """
+import subprocess
+import pytest
+
+KEPT = []
+
+@pytest.fixture(scope="{scope}")
+def server():
+    KEPT.append(subprocess.Popen(["sh", "-c", "exit 6"]))
+    yield
+
+{mark}
+def test_{first}(server):
+    pass
+
+def test_{second}(server):
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    "marked_first", [True, False], ids=["marked-first", "unmarked-first"]
+)
+def test_a_wider_fixture_is_allowed_by_its_own_scope_not_by_the_test_that_asked(
+    pytester: pytest.Pytester, run_inner: RunInner, marked_first: bool
+) -> None:
+    # A session fixture is no test's: marking the test that happens to set it
+    # up first must not silence its leak, whatever the order of the tests.
+    first, second = ("marked", "plain") if marked_first else ("plain", "marked")
+    mark_line = "@pytest.mark.allow_zombies" if marked_first else ""
+    source = WIDE_FIXTURE_LEAKS.format(
+        scope="session", mark=mark_line, first=first, second=second
+    )
+    if not marked_first:  # the mark goes on the second test
+        source = source.replace(
+            f"def test_{second}(server)",
+            f"@pytest.mark.allow_zombies\ndef test_{second}(server)",
+        )
+    pytester.makepyfile(test_wide=source)
+    result = run_inner("-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["*= nozombies: 1 zombie leak =*", "fixture 'server' (session scope, *exit 6*"]
+    )
+
+
+def test_a_module_fixture_is_allowed_by_its_modules_mark(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    source = WIDE_FIXTURE_LEAKS.format(scope="module", mark="", first="a", second="b")
+    pytester.makepyfile(
+        test_wide="pytestmark = __import__('pytest').mark.allow_zombies\n" + source
+    )
+    result = run_inner()
+    result.assert_outcomes(passed=2)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.no_fnmatch_line("*zombie leak*")

@@ -253,3 +253,31 @@ def test_flag_is_restored_at_the_end_of_an_in_process_session(
     result = pytester.runpytest_inprocess("-p", "nozombies", "--nozombies-subreaper")
     result.assert_outcomes(passed=1)
     assert not subreaper.is_subreaper()
+
+
+def test_an_orphan_left_running_fails_only_the_test_it_came_back_in(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    # One finding must never be carried over into the checks that follow.
+    pytester.makeini("[pytest]\nnozombies_running = fail\n")
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_a_starts_a_daemon():
+            # sh starts sleep in the background and exits: sleep is an
+            # orphan, and comes back to this process, its subreaper.
+            assert os.system("sleep 3 &") == 0
+
+        def test_b():
+            pass
+
+        def test_c():
+            pass
+        """
+    )
+    result = run_inner("--nozombies-subreaper", "--nozombies-grace=0")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_a_starts_a_daemon*"])
+    result.stdout.no_fnmatch_line("*ERROR at teardown of test_b*")
+    result.stdout.no_fnmatch_line("*ERROR at teardown of test_c*")
