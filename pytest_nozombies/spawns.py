@@ -532,7 +532,9 @@ def _wrap_kill(
     # Popen.send_signal/kill/terminate and multiprocessing's end here too.
     @functools.wraps(original)
     def kill(pid: int, sig: int) -> None:
-        if _recorders and sig:  # signal 0 only asks whether pid exists
+        # Signal 0 only asks whether pid exists; a pid of the wrong type is
+        # the original's to refuse, with its own message.
+        if _recorders and sig and type(pid) is int:
             _recorders[-1].note_signal(pid)
         original(pid, sig)
 
@@ -544,7 +546,7 @@ def _wrap_killpg(
 ) -> Callable[[int, int], None]:
     @functools.wraps(original)
     def killpg(pgid: int, sig: int) -> None:
-        if _recorders and sig:
+        if _recorders and sig and type(pgid) is int:
             _recorders[-1].note_signal(-pgid if pgid > 0 else 0)
         original(pgid, sig)
 

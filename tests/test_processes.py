@@ -659,3 +659,19 @@ def test_wait_targets_cover_pids_groups_and_any_child() -> None:
     assert not some.covers(11, None)
     assert processes.WaitTargets(frozenset(), frozenset(), True, 1).covers(5, None)
     assert not processes.NO_WAITERS.covers(10, 20)
+
+
+@linux_only
+def test_every_child_is_listed_however_many_there_are() -> None:
+    # /proc/self/task/TID/children grows with the children (about six bytes
+    # each): 800 of them fill more than one 4 KiB read.
+    pids: list[int] = []
+    try:
+        for _ in range(800):
+            pids.append(spawn_sleeper())
+        assert set(pids) <= set(processes.child_pids())
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            reap(pid)

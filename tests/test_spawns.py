@@ -391,6 +391,21 @@ def test_signal_zero_probes_and_is_not_a_signal(tracker: Tracker) -> None:
             proc.kill()
 
 
+@pytest.mark.parametrize("kill", [os.kill, os.killpg], ids=["kill", "killpg"])
+def test_a_kill_of_the_wrong_type_is_refused_by_kill_itself(
+    tracker: Tracker, kill: Callable[[Any, int], None]
+) -> None:
+    # The code under test sees kill's own TypeError, and the plugin is not
+    # thrown off by it (it would turn its checks off for the rest of the run).
+    with pytest.raises(TypeError) as wrapped:
+        kill("1234", signal.SIGKILL)
+    original = os.kill.__wrapped__ if kill is os.kill else os.killpg.__wrapped__  # type: ignore[attr-defined]
+    with pytest.raises(TypeError) as direct:
+        original("1234", signal.SIGKILL)
+    assert str(wrapped.value) == str(direct.value)
+    assert tracker.failure is None
+
+
 def test_a_fork_that_never_execs_keeps_no_command(tracker: Tracker) -> None:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
