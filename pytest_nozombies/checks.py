@@ -102,7 +102,7 @@ class TestChecks:
             elif call.when == "call":
                 self.guarded(self.tracker.enter_phase, "teardown")
         if self.results.pending:
-            self.guarded(self.results.attach_pending, report)
+            self.guarded(self.results.attach_pending, report, item)
         return report
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -83,15 +83,18 @@ class RunResults:
     def add(self, leak: Leak) -> None:
         (self.leaks if leak.kind == "zombie" else self.running).append(leak)
 
-    def attach_pending(self, report: pytest.TestReport) -> None:
+    def attach_pending(self, report: pytest.TestReport, item: pytest.Item) -> None:
         """Put the findings waiting for a report on ``report``."""
         found, self.pending = self.pending, []
-        # A plain attribute survives xdist's and pytest-forked's serialization;
-        # user_properties become JUnit XML <property> elements.
+        # A plain attribute survives xdist's and pytest-forked's serialization.
         setattr(report, REPORT_ATTRIBUTE, [leak.to_json() for leak in found])
-        report.user_properties.extend(
-            (PROPERTY_NAME, summary_line(leak)) for leak in found
-        )
+        # user_properties become JUnit XML <property> elements, but only the
+        # teardown report's, which pytest copies from the item's: findings of
+        # the setup and call phases go on the item too.
+        properties = [(PROPERTY_NAME, summary_line(leak)) for leak in found]
+        report.user_properties.extend(properties)
+        if report.when != "teardown":
+            item.user_properties.extend(properties)
 
     def collect(self, report: pytest.TestReport) -> None:
         """Take the findings off a report as it is logged."""

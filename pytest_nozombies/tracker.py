@@ -278,7 +278,7 @@ class Tracker:
                 spawn = self._records.get(pid)
                 if spawn is not None:
                     spawn.signalled = True
-                    spawn.note_exec()
+                    self._exempt_now(spawn)
                 else:
                     self.signalled_others.add(pid)
             elif pid < -1:
@@ -498,6 +498,7 @@ class Tracker:
         ]
         if others != "none":
             candidates += self._other_zombies(scope, current, late=others == "all")
+        candidates = [(s, late) for s, late in candidates if not self._exempt_now(s)]
         if not candidates:
             return Findings()
         zombies, left = self._settle(candidates, running=running)
@@ -513,6 +514,14 @@ class Tracker:
                 spawn.judged = "reported"
                 verdict.running.append(self.finding(spawn, "running", None))
         return verdict
+
+    def _exempt_now(self, spawn: Spawn) -> bool:
+        """Whether a child is exempt; for a forked child, judged by what it
+        exec'd, which can only be read while it runs (so not for a zombie)."""
+        if spawn.exempt is None and spawn.argv is None and spawn.exec_argv is None:
+            spawn.note_exec()
+            spawn.exempt = self.exemption(spawn.exec_argv)
+        return spawn.exempt is not None
 
     def _other_zombies(
         self, scope: Scope | None, current: Owner | None, *, late: bool

@@ -769,6 +769,51 @@ def test_ignored_command_lines_are_never_leaks_and_left_alone(
     result.stdout.fnmatch_lines(["*ignoring 1 pattern(s)*"])
 
 
+def test_a_fork_that_execs_an_ignored_command_is_ignored(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    # What a forked child runs is only known once it has exec'd: it is read
+    # while the child runs (when it is signalled, or when its test ends).
+    pytester.makeini("[pytest]\nnozombies_ignore =\n    ^sleep \n")
+    pytester.makepyfile(
+        test_forks="""
+        import os, signal, time
+
+        def fork_exec(*argv):
+            pid = os.fork()
+            if pid == 0:
+                os.execvp(argv[0], argv)
+            # Return once it has exec'd (/proc shows what it runs then).
+            deadline = time.monotonic() + 30
+            while True:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().split(b"\\0")[0] == argv[0].encode():
+                        return pid
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+
+        def test_killed_without_a_wait():
+            pid = fork_exec("sleep", "30")
+            os.kill(pid, signal.SIGKILL)
+
+        def test_left_running():
+            test_left_running.pid = fork_exec("sleep", "30")
+
+        def test_not_ignored():
+            os.kill(fork_exec("cat"), signal.SIGKILL)
+
+        def test_zz_cleans_up():
+            os.kill(test_left_running.pid, signal.SIGKILL)
+        """
+    )
+    result = run_inner()
+    result.assert_outcomes(passed=4, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*ERROR at teardown of test_not_ignored*", "  pid *: cat (forked by os.fork)"]
+    )
+    result.stdout.no_fnmatch_line("*sleep 30*")
+
+
 def _can_force_pids() -> bool:
     return os.geteuid() == 0 and os.access("/proc/sys/kernel/ns_last_pid", os.W_OK)
 

@@ -752,6 +752,33 @@ def test_junit_xml_carries_each_leak_on_its_test_case(
     )
 
 
+def test_junit_xml_carries_leaks_found_before_the_teardown(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    # A leak found mid-test (nozombies.check()) rides on the call report;
+    # junitxml writes only the teardown report's properties.
+    pytester.makepyfile(
+        test_mid="""
+        import os, subprocess
+        import pytest
+
+        KEPT = []
+
+        def test_checks_mid_test(nozombies):
+            KEPT.append(subprocess.Popen(["sh", "-c", "exit 9"]))
+            os.waitid(os.P_PID, KEPT[-1].pid, os.WEXITED | os.WNOWAIT)
+            with pytest.raises(pytest.fail.Exception):
+                nozombies.check()
+        """
+    )
+    result = run_inner("--junitxml=junit.xml")
+    result.assert_outcomes(passed=1)
+    properties = junit_properties(pytester.path / "junit.xml")
+    [found] = properties["test_checks_mid_test"]
+    assert found.startswith("test_mid.py::test_checks_mid_test (call): pid ")
+    assert "sh -c 'exit 9', exited with code 9" in found
+
+
 # --- hostile command lines ------------------------------------------------------
 
 #: One test whose child has the given argv (a Python expression); it notes
