@@ -77,15 +77,7 @@ class TestChecks:
         tracker = self.tracker
         if not tracker.in_session_process() and not self._move_to_forked_copy(item):
             return  # a test forked and its child returned into pytest: not ours
-        path, line, _ = item.location
-        site = f"{path}:{line + 1}" if line is not None else path
-        self.guarded(
-            tracker.start_test,
-            item.nodeid,
-            allowed=item.nodeid in self.allowed,
-            test_file=str(item.path),
-            test_site=site,
-        )
+        self.guarded(start_test, tracker, item, allowed=item.nodeid in self.allowed)
         if self.enabled:
             self._item = item
 
@@ -384,6 +376,15 @@ class TestChecks:
         self._item = None
         if warn:
             self.results.warn_outside_tests(reporting.disabled_warning(exc))
+
+
+def start_test(tracker: Tracker, item: pytest.Item, *, allowed: bool) -> None:
+    """``item`` starts: it owns what is spawned until it is judged."""
+    path, line, _ = item.location
+    site = f"{path}:{line + 1}" if line is not None else path
+    tracker.start_test(
+        item.nodeid, allowed=allowed, test_file=str(item.path), test_site=site
+    )
 
 
 def new_tracker(config: pytest.Config, settings: Settings) -> Tracker:

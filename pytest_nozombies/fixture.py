@@ -13,13 +13,15 @@ import dataclasses
 import os
 import shlex
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from . import processes, reporting, spawns
-from .checks import TestChecks
+from .checks import TestChecks, new_tracker, start_test
 from .leaks import Leak
-from .tracker import Tracker
+from .results import RunResults
+from .settings import Settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +45,10 @@ class Child:
 class NoZombies:
     """What the ``nozombies`` fixture gives a test."""
 
-    def __init__(self, item: pytest.Item, tracker: Tracker, checks: TestChecks) -> None:
+    def __init__(self, item: pytest.Item, checks: TestChecks) -> None:
         self._item = item
-        self._tracker = tracker
         self._checks = checks
+        self._tracker = checks.tracker
         self._baseline = {(pid, s.start_time) for pid, s in processes.zombie_children()}
 
     def check(self) -> list[Leak]:
@@ -56,11 +58,12 @@ class NoZombies:
         the message the teardown would give. Children still running are fine
         here. Returns what it found (reported, and cleaned up where that
         disturbs nobody, like a teardown's leaks)."""
-        verdict = self._tracker.check_now()
-        if not verdict:
+        checks = self._checks
+        findings = checks.guarded(self._tracker.check_now)
+        if not findings:
             return []
-        found = self._checks.deliver(verdict, self._item, test=True)
-        self._checks.fail_or_warn(self._item, found)
+        found = checks.guarded(checks.deliver, findings, self._item, test=True) or []
+        checks.fail_or_warn(self._item, found)
         return found
 
     def assert_no_zombies(self, pid: int | None = None, timeout: float = 1.0) -> None:
@@ -170,3 +173,30 @@ class NoZombies:
             ended = processes.ExitStatus.from_wait_status(stat.exit_code)
         how = ended.describe() if ended else "exit status unknown"
         return f"[{reporting.readable(stat.name)}], {how}"
+
+
+def nozombies_for(
+    item: pytest.Item,
+    checks: TestChecks | None,
+    settings: Settings,
+    results: RunResults,
+) -> Iterator[NoZombies]:
+    """The fixture's value: the session's checks (after an internal error
+    they judge nothing), or, with the mode off, checks of this test alone,
+    from the fixture's set-up on, judging as the mode ``fail`` does."""
+    if checks is not None:
+        yield NoZombies(item, checks)
+        return
+    if not processes.SUPPORTED:
+        pytest.skip("no zombies on this platform: nothing to check")
+    settings = settings._replace(mode="fail")
+    own = TestChecks(
+        item.config, new_tracker(item.config, settings), settings, results, set()
+    )
+    try:
+        own.tracker.start_recording()
+        start_test(own.tracker, item, allowed=False)
+        own.tracker.enter_phase("call")
+        yield NoZombies(item, own)
+    finally:
+        own.tracker.stop_recording()

@@ -203,36 +203,15 @@ def nozombies(request: pytest.FixtureRequest) -> Iterator[NoZombies]:
     """Check this test's children mid-test (``check()``), assert that a
     process under test reaps its children (``assert_no_zombies(pid)``), and
     list the children (``children()``). See the configuration reference."""
-    from .checks import TestChecks, new_tracker
-    from .fixture import NoZombies
+    from .fixture import nozombies_for
 
     config = request.config
-    item = request.node
-    assert isinstance(item, pytest.Item)
-    tracker = config.stash.get(tracker_key, None)
-    checks = config.stash.get(checks_key, None)
-    if tracker is not None and checks is not None and checks.enabled:
-        yield NoZombies(item, tracker, checks)
-        return
-    # The mode is off: follow this test's own spawns, and judge as "fail".
-    resolved = config.stash[settings_key]._replace(mode="fail")
-    own = new_tracker(config, resolved)
-    own.start_recording()
-    try:
-        own.start_test(
-            item.nodeid,
-            allowed=False,
-            test_file=str(item.path),
-            test_site=item.location[0],
-        )
-        own.enter_phase("call")
-        yield NoZombies(
-            item,
-            own,
-            TestChecks(config, own, resolved, config.stash[results_key], set()),
-        )
-    finally:
-        own.stop_recording()
+    yield from nozombies_for(
+        request.node,
+        config.stash.get(checks_key, None),
+        config.stash[settings_key],
+        config.stash[results_key],
+    )
 
 
 # --- the end of the session -------------------------------------------------

@@ -708,3 +708,40 @@ def test_assert_no_zombies_fails_for_a_process_that_does_not_run(
     result.stdout.fnmatch_lines(
         ["process * does not run (any more): its zombie children cannot be checked"]
     )
+
+
+@pytest.mark.parametrize(
+    "broken",
+    ["end_test", "check_now"],
+    ids=["after-an-internal-error", "an-internal-error-inside-check"],
+)
+def test_fault_injection_the_fixture_judges_nothing_once_the_checks_are_off(
+    inner: WriteInner, run_inner: RunInner, broken: str
+) -> None:
+    # An internal error turns the checks off with one warning: from then on
+    # nothing is judged, the fixture's check() included, and its own error
+    # never reaches the test that called it.
+    inner(
+        f"""
+        import os, subprocess
+        import pytest
+        from pytest_nozombies import tracker
+        from nozhelp import KEEP
+
+        def test_a_breaks_the_plugin():
+            # For the rest of the run (monkeypatch would undo it before the
+            # plugin's own check at this test's end).
+            def broken(*args, **kwargs):
+                raise RuntimeError("injected")
+            setattr(tracker.Tracker, "{broken}", broken)
+
+        def test_b_checks_a_leak(nozombies):
+            KEEP.append(subprocess.Popen(["sh", "-c", "exit 3"]))
+            os.waitid(os.P_PID, KEEP[-1].pid, os.WEXITED | os.WNOWAIT)
+            assert nozombies.check() == []
+        """
+    )
+    result = run_inner("-p", "no:randomly")
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*internal error (RuntimeError('injected'))*"])
+    result.stdout.no_fnmatch_line("*zombie leak*")
