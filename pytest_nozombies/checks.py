@@ -64,8 +64,8 @@ class TestChecks:
         #: The test whose setup hook ran and which is not judged yet.
         self._item: pytest.Item | None = None
         self._items_by_nodeid: dict[str, pytest.Item] = {}
-        #: Fixtures now tearing down: their owner, and the owner before them.
-        self._fixture_teardowns: dict[int, tuple[Owner, Owner | None]] = {}
+        #: Fixtures now tearing down: their owner, and that of their teardown.
+        self._fixture_teardowns: dict[int, tuple[Owner, Owner]] = {}
 
     # --- a test, phase by phase ----------------------------------------------
 
@@ -77,9 +77,8 @@ class TestChecks:
         tracker = self.tracker
         if not tracker.in_session_process() and not self._move_to_forked_copy(item):
             return  # a test forked and its child returned into pytest: not ours
-        self.guarded(start_test, tracker, item, allowed=item.nodeid in self.allowed)
-        if self.enabled:
-            self._item = item
+        start_test(tracker, item, allowed=item.nodeid in self.allowed)
+        self._item = item
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -249,23 +248,23 @@ class TestChecks:
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     ) -> Generator[None, object, object]:
         tracker = self.tracker
+        if not tracker.in_session_process():
+            return (yield)
         owner = self.guarded(
-            tracker.fixture_owner,
+            tracker.enter_fixture,
             fixturedef.argname,
             fixturedef.scope,
             allowed=markers.allows(request.node),
         )
-        if owner is None or not tracker.in_session_process():
+        if owner is None:
             return (yield)
-        previous = self.guarded(tracker.push, owner)
         try:
             return (yield)
         finally:
+            self.guarded(tracker.leave_fixture, owner)
             if self.enabled:
-                self.guarded(tracker.push, previous)
                 # Finalizers run last in, first out: this one, added after the
-                # fixture's own, runs just before its teardown and names its
-                # owner.
+                # fixture's own, runs just before its teardown.
                 fixturedef.addfinalizer(
                     functools.partial(
                         self.guarded, self._enter_fixture_teardown, owner, fixturedef
@@ -275,11 +274,8 @@ class TestChecks:
     def _enter_fixture_teardown(
         self, owner: Owner, fixturedef: pytest.FixtureDef[Any]
     ) -> None:
-        current = self.tracker.owner
-        teardown = owner.with_phase("teardown")
-        if current is not None and current.nodeid is not None:
-            teardown.nodeid = current.nodeid  # the test whose teardown runs it
-        self._fixture_teardowns[id(fixturedef)] = (owner, self.tracker.push(teardown))
+        teardown = self.tracker.enter_fixture_teardown(owner)
+        self._fixture_teardowns[id(fixturedef)] = (owner, teardown)
 
     def pytest_fixture_post_finalizer(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
@@ -287,14 +283,14 @@ class TestChecks:
         entry = self._fixture_teardowns.pop(id(fixturedef), None)
         if entry is None:
             return
-        owner, previous = entry
-        found = self.guarded(self._end_fixture_teardown, owner, previous)
+        owner, teardown = entry
+        found = self.guarded(self._end_fixture_teardown, owner, teardown)
         if found:
             self._warn_for_run(found, f"fixture {owner.fixture!r}")
 
-    def _end_fixture_teardown(self, owner: Owner, previous: Owner | None) -> list[Leak]:
+    def _end_fixture_teardown(self, owner: Owner, teardown: Owner) -> list[Leak]:
         tracker = self.tracker
-        tracker.push(previous)
+        tracker.leave_fixture(teardown)
         if owner.fixture_scope == "function" or not tracker.in_session_process():
             return []  # judged with its test
         verdict = tracker.end_fixture(owner)
@@ -320,8 +316,15 @@ class TestChecks:
         text = self.guarded(reporting.format_message, warned, subject=subject)
         if not warned or text is None:
             return
+        # Attributed to the line that spawned the first one, not to the plugin.
+        path, _, line = (warned[0].spawn_site or "").rpartition(":")
         try:
-            warnings.warn(reporting.ZombieWarning(text), stacklevel=1)
+            warnings.warn_explicit(
+                reporting.ZombieWarning(text),
+                category=reporting.ZombieWarning,
+                filename=str(self.config.rootpath / path) if path else __file__,
+                lineno=int(line) if line.isdigit() else 0,
+            )
         except reporting.ZombieWarning:
             for leak in warned:
                 leak.verdict = FAILED_RUN

@@ -14,7 +14,7 @@ PYTEST_DONT_REWRITE
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from . import processes
 
@@ -26,7 +26,6 @@ FAILED_TEST: Verdict = "failed-test"  # it failed its test (a teardown error)
 FAILED_RUN: Verdict = "failed-run"  # found after its test reported: the exit status
 WARNED: Verdict = "warned"  # warn mode, or a running child under running=warn
 RETRIED: Verdict = "retried"  # its test's attempt was rerun (pytest-rerunfailures)
-VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
 
 
 @dataclasses.dataclass

@@ -169,7 +169,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         tracker.stop_owning()
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
+# Not tryfirst: inside pytest's own wrapper that captures collection's
+# warnings, so warn mode's ZombieWarning for an import's leak lands there.
+@pytest.hookimpl(wrapper=True)
 def pytest_collection(session: pytest.Session) -> Generator[None, object, object]:
     config = session.config
     tracker = config.stash.get(tracker_key, None)

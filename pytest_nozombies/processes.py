@@ -159,7 +159,8 @@ def read_stat(pid: int) -> Stat | None:
     return None if raw is None else _parse_stat(raw)
 
 
-#: What tells a process from any later one that gets its pid.
+#: What tells a process from any later one that gets its pid: a pidfs inode
+#: number (an int) or a start time (clock ticks, or seconds from psutil).
 Identity = float
 
 
@@ -338,7 +339,6 @@ _WAIT_SYSCALLS = {
     "x86_64": (61, 247),
     "aarch64": (260, 95),
     "riscv64": (260, 95),
-    "arm64": (260, 95),
 }.get(platform.machine(), (-1, -1))
 _P_ALL, _P_PID, _P_PGID, _P_PIDFD = 0, 1, 2, 3
 
@@ -355,9 +355,6 @@ class WaitTargets(NamedTuple):
     def covers(self, pid: int, group: int | None) -> bool:
         """Whether some thread is blocked in a wait that will collect ``pid``."""
         return self.any_child or pid in self.pids or group in self.groups
-
-
-NO_WAITERS = WaitTargets(frozenset(), frozenset(), False, 0)
 
 
 def wait_targets() -> WaitTargets:

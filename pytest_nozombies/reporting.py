@@ -51,7 +51,7 @@ RUNNING_HINT = (
 
 # Looked up now, not when the first leak is reported: a codec is a module
 # imported on first use, and an import while a leak is reported can run
-# the code under test's finalizers halfway through (issue 13, point 11).
+# the code under test's finalizers halfway through.
 codecs.lookup("unicode_escape")
 
 

@@ -19,6 +19,7 @@ PYTEST_DONT_REWRITE
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Generator, Iterable
@@ -122,6 +123,9 @@ class Collector:
         self.config = config
         self.settings = settings
         self.results = results
+        #: A test that forks and lets the child return into pytest makes a
+        #: copy of this session: the copy must not write anything.
+        self._pid = os.getpid()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if hasattr(report, REPORT_ATTRIBUTE):
@@ -133,6 +137,8 @@ class Collector:
     ) -> Generator[None, None, None]:
         # Outermost: after pytest's own cache and terminal summary are written.
         yield
+        if os.getpid() != self._pid:
+            return
         self.results.guarded(self._remember_blamed_tests)
         if self.settings.report is not None:
             self.results.guarded(self._write_report, session, self.settings.report)

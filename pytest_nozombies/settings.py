@@ -242,8 +242,6 @@ def _resolve_report(config: pytest.Config) -> Path | None:
     from_ini = _option(config, REPORT) is None and config.inipath is not None
     base = config.inipath.parent if from_ini and config.inipath else None
     path = Path(base or config.invocation_params.dir, value)
-    if hasattr(config, "workerinput"):
-        return path  # only the xdist controller writes it, and checked it
     # Check now rather than fail after the whole run.
     from . import report_file
 

@@ -288,8 +288,9 @@ _SUBPROCESS = subprocess.__file__
 _unnoted: list[tuple[Taken | None, int, str]] = []
 
 
-def install(recorder: Recorder) -> None:
-    """Wrap the spawning entry points (once) and report to ``recorder``."""
+def install(recorder: Recorder) -> Recorder | None:
+    """Wrap the spawning entry points (once) and report to ``recorder``;
+    return the recorder it stacks on (the outer session's), if any."""
     if not _originals:
         _patch(os, "fork", _wrap_fork)
         if hasattr(os, "forkpty"):
@@ -306,7 +307,9 @@ def install(recorder: Recorder) -> None:
         _patch(os, "kill", _wrap_kill)
         if hasattr(os, "killpg"):
             _patch(os, "killpg", _wrap_killpg)
+    outer = _recorders[-1] if _recorders else None
     _recorders.append(recorder)
+    return outer
 
 
 def uninstall(recorder: Recorder) -> Recorder | None:

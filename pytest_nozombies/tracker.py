@@ -36,7 +36,6 @@ PYTEST_DONT_REWRITE
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import re
 import sys
@@ -49,14 +48,6 @@ from typing import Literal
 from . import processes, spawns
 from .leaks import Ended, Kind, Leak, OwnerInfo
 from .spawns import Spawn
-
-#: One entry per fork, appended in each child as it starts, so the session's
-#: process knows it is itself without a system call per hook. The callback
-#: is C code (list.append): it takes no lock and runs no Python code, so it
-#: is safe in a child forked from any thread.
-_forks: list[None] = []
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=functools.partial(_forks.append, None))
 
 #: pytest's names for the fixtures it makes of xunit and unittest set-ups.
 _XUNIT_FIXTURES = {
@@ -203,8 +194,13 @@ class Tracker:
         #: Every child recorded and not known to be reaped, by pid (a pid is
         #: only reused once its child was reaped, so a new record replaces it).
         self._records: dict[int, Spawn] = {}
-        #: What answers for a child spawned now (None: nobody, never judged).
+        #: What answers for a child spawned now (None: nobody, never judged):
+        #: the innermost fixture setting up or tearing down, else the base.
         self.owner: Owner | None = None
+        #: The collection, or the running test's phase.
+        self._base: Owner | None = None
+        #: Fixtures setting up or tearing down now, innermost last.
+        self._fixtures: list[Owner] = []
         #: The running test's owner in its setup phase.
         self.test: Owner | None = None
         self.collection = Scope()
@@ -220,7 +216,6 @@ class Tracker:
         #: The outer session's owner when this session started inside it.
         self.outer_owner: Owner | None = None
         self._pid = os.getpid()
-        self._forks = len(_forks)
         #: Zombies that existed when the running test started.
         self._baseline: frozenset[tuple[int, processes.Identity | None]] = frozenset()
         #: The last check found no child at all: the next test needs no baseline.
@@ -236,9 +231,8 @@ class Tracker:
 
     def start_recording(self) -> None:
         """Wrap the spawning functions; children that exist now are nobody's."""
-        if spawns._recorders:
-            self.outer_owner = spawns._recorders[-1].owner
-        spawns.install(self)
+        outer = spawns.install(self)
+        self.outer_owner = outer.owner if outer is not None else None
         for pid in processes.child_pids():
             identity = processes.identify(pid)
             if identity is not None and pid not in self._records:
@@ -297,25 +291,29 @@ class Tracker:
 
     def in_session_process(self) -> bool:
         """Whether this is the session's process, not a copy a test forked."""
-        return len(_forks) == self._forks or os.getpid() == self._pid
+        return os.getpid() == self._pid
 
     def move_to_this_process(self) -> None:
         """Judge in this forked copy of the session (pytest-forked's): what it
         inherited names the original process's children, none of its own."""
         self._pid = os.getpid()
-        self._forks = len(_forks)
         self._records.clear()
         self.collection.children.clear()
 
     # --- owners --------------------------------------------------------------
 
+    def _own(self, base: Owner | None) -> None:
+        self._base = base
+        self._fixtures.clear()
+        self.owner = base
+
     def start_collection(self) -> None:
         """Conftests and test modules are imported now: the collection owns."""
-        self.owner = Owner(self.collection, None, "collect")
+        self._own(Owner(self.collection, None, "collect"))
 
     def stop_owning(self) -> None:
         """Between owners (pytest's own start-up): what is spawned is nobody's."""
-        self.owner = None
+        self._own(None)
 
     def start_test(
         self,
@@ -327,7 +325,7 @@ class Tracker:
     ) -> None:
         """A test starts: it owns what is spawned until ``end_test``. Zombies
         that exist now are its baseline and are never blamed on it."""
-        self.test = self.owner = Owner(
+        self.test = Owner(
             Scope(),
             nodeid,
             "setup",
@@ -335,6 +333,7 @@ class Tracker:
             test_file=test_file,
             test_site=test_site,
         )
+        self._own(self.test)
         self.signalled_groups.clear()
         self.signalled_others.clear()
         if self._childless:
@@ -349,20 +348,21 @@ class Tracker:
     def enter_phase(self, phase: str) -> None:
         """The running test's next phase (``call``, ``teardown``) starts."""
         if self.test is not None:
-            self.owner = self.test.with_phase(phase)
+            self._own(self.test.with_phase(phase))
 
-    def fixture_owner(
+    def enter_fixture(
         self, name: str, fixture_scope: str, *, allowed: bool
     ) -> Owner | None:
-        """The owner of a fixture set up now: a function-scoped one shares its
-        test's scope; a wider one has a scope of its own until finalized.
-        ``allowed``: whether the node of a wider fixture's scope (its class,
-        its module) is marked ``allow_zombies``; not the test that asked."""
+        """A fixture starts setting up: it owns what is spawned until
+        ``leave_fixture``. A function-scoped one shares its test's scope; a
+        wider one has a scope of its own until it is finalized. ``allowed``:
+        whether the node of a wider fixture's scope (its class, its module)
+        is marked ``allow_zombies``; not the test that asked for it."""
         current = self.owner
         if current is None or current.nodeid is None:
             return None
         function = fixture_scope == "function"
-        return Owner(
+        owner = Owner(
             current.scope if function else Scope(),
             current.nodeid,
             "setup",
@@ -372,16 +372,30 @@ class Tracker:
             test_file=current.test_file,
             test_site=current.test_site,
         )
+        self._fixtures.append(owner)
+        self.owner = owner
+        return owner
 
-    def push(self, owner: Owner | None) -> Owner | None:
-        """Make ``owner`` the current owner; return the one it replaces."""
-        previous, self.owner = self.owner, owner
-        return previous
+    def enter_fixture_teardown(self, fixture: Owner) -> Owner:
+        """A fixture starts tearing down, in the teardown of the test that
+        runs now: it owns what is spawned until ``leave_fixture``."""
+        owner = fixture.with_phase("teardown")
+        if self.owner is not None and self.owner.nodeid is not None:
+            owner.nodeid = self.owner.nodeid
+        self._fixtures.append(owner)
+        self.owner = owner
+        return owner
+
+    def leave_fixture(self, owner: Owner) -> None:
+        """A fixture's setup or teardown is over (or failed)."""
+        if owner in self._fixtures:
+            self._fixtures.remove(owner)
+        self.owner = self._fixtures[-1] if self._fixtures else self._base
 
     # --- checks --------------------------------------------------------------
 
     def end_collection(self) -> Findings:
-        self.owner = None
+        self._own(None)
         return self._end_scope(self.collection, None, found_during="collection")
 
     def end_test(self) -> Findings:
@@ -391,7 +405,8 @@ class Tracker:
         recorded for it (or all of it was reaped) and no child has exited.
         """
         spawns.note_forks()
-        test, self.test, self.owner = self.test, None, None
+        test, self.test = self.test, None
+        self._own(None)
         if test is None:
             return Findings()
         scope = test.scope
@@ -404,13 +419,13 @@ class Tracker:
         current = test.with_phase("teardown")
         # Still the test's teardown: a child that one of its threads spawns
         # while it is judged (during the grace period) is its own, a late leak.
-        self.owner = current
+        self._own(current)
         try:
             verdict = self._end_scope(
                 scope, current, found_during=test.nodeid, others="all"
             )
         finally:
-            self.owner = None
+            self._own(None)
         if self.adopt_orphans:
             verdict.running.extend(self._adopt_orphans(current))
         return verdict

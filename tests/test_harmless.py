@@ -953,7 +953,7 @@ def test_the_plugin_is_whole_before_the_first_test(
 #: its test failed; where it comes first, that test is not judged.
 HOOK_FAULTS = {
     "setup and makereport (the phase)": ("tracker", "Tracker", "enter_phase", 0),
-    "fixture setup": ("tracker", "Tracker", "push", 1),
+    "fixture setup": ("tracker", "Tracker", "enter_fixture", 1),
     "collection": ("checks", "TestChecks", "set_items", 0),
     "teardown (the message)": ("reporting", None, "format_message", 0),
     "makereport (findings on the report)": ("leaks", "Leak", "to_json", 1),

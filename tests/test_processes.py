@@ -658,7 +658,7 @@ def test_wait_targets_cover_pids_groups_and_any_child() -> None:
     assert not some.covers(11, 21)
     assert not some.covers(11, None)
     assert processes.WaitTargets(frozenset(), frozenset(), True, 1).covers(5, None)
-    assert not processes.NO_WAITERS.covers(10, 20)
+    assert not processes.WaitTargets(frozenset(), frozenset(), False, 0).covers(10, 20)
 
 
 @linux_only

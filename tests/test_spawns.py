@@ -28,7 +28,7 @@ import pytest
 from helpers import DEADLINE, ROOT, RunInner, tracking, wait_for, wait_until_zombie
 from pytest_nozombies import processes, spawns
 from pytest_nozombies.spawns import Frame, Spawn
-from pytest_nozombies.tracker import Owner, Scope, Tracker
+from pytest_nozombies.tracker import Tracker
 
 pytestmark = pytest.mark.skipif(not processes.SUPPORTED, reason="POSIX only")
 
@@ -317,11 +317,15 @@ def test_a_spawn_between_owners_is_nobodys(tracker: Tracker) -> None:
     with subprocess.Popen(["true"]) as proc:
         spawn = record_of(tracker, proc.pid)
         assert spawn.owner is None
-    fixture = Owner(Scope(), NODEID, "setup", fixture="server")
-    tracker.push(fixture)
+    tracker.start_test(NODEID, allowed=False, test_file=__file__, test_site=None)
+    fixture = tracker.enter_fixture("server", "module", allowed=False)
+    assert fixture is not None
     with subprocess.Popen(["true"]) as proc:
         assert record_of(tracker, proc.pid).owner is fixture
     assert fixture.scope.children == [record_of(tracker, proc.pid)]
+    tracker.leave_fixture(fixture)
+    assert tracker.owner is not None
+    assert tracker.owner.fixture is None
 
 
 # --- signals ----------------------------------------------------------------

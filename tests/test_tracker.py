@@ -123,15 +123,15 @@ def test_a_zombie_of_the_scope_is_a_leak_of_its_owner(
 ) -> None:
     with tracking() as tracker:
         tracker.start_test(NODEID, allowed=False, test_file=__file__, test_site=None)
-        previous = None
+        fixture = None
         if owner == "fixture":
-            previous = tracker.push(tracker.fixture_owner("server", "function"))
+            fixture = tracker.enter_fixture("server", "function", allowed=False)
         elif owner != "setup":
             tracker.enter_phase(owner)
         line = next_line()
         proc = subprocess.Popen(["sh", "-c", "exit 3"])
-        if owner == "fixture":
-            tracker.push(previous)
+        if fixture is not None:
+            tracker.leave_fixture(fixture)
         wait_until_zombie(proc.pid)
         verdict = tracker.end_test()
     leak = one_leak(verdict.leaks)
@@ -406,11 +406,12 @@ def test_a_late_zombie_is_blamed_on_its_owner(dies: str) -> None:
 def test_a_late_zombie_of_a_wider_fixture_waits_for_its_own_scope() -> None:
     with tracking() as tracker:
         start(tracker)
-        fixture = tracker.fixture_owner("_unittest_setUpClass_fixture_TestX", "class")
+        fixture = tracker.enter_fixture(
+            "_unittest_setUpClass_fixture_TestX", "class", allowed=False
+        )
         assert fixture is not None
-        previous = tracker.push(fixture)
         proc = subprocess.Popen(["sh", "-c", "exit 8"])
-        tracker.push(previous)
+        tracker.leave_fixture(fixture)
         wait_until_zombie(proc.pid)
         # Its scope is still open: the test is not blamed for it.
         assert not tracker.end_test()
