@@ -86,7 +86,6 @@ class Spawn:
         owner: Owner | None,
         *,
         frames: tuple[RawFrame, ...] = (),
-        holder: object | None = None,
     ) -> None:
         self.pid = pid
         #: With the pid, names this very process: a later child may get the pid.
@@ -100,7 +99,8 @@ class Spawn:
         #: then the outer test that ran that session).
         self.via: Owner | None = None
         self.frames = frames
-        self.holder = weakref.ref(holder) if holder is not None else None
+        #: The Popen or multiprocessing.Process holding it, held weakly.
+        self.holder: weakref.ref[Any] | None = None
         #: The thread that spawned it, if not the one running the tests.
         self.thread: str | None = None
         self.thread_ref: weakref.ref[threading.Thread] | None = None
@@ -331,17 +331,20 @@ def _patch(owner: Any, name: str, make: Callable[[Any, str], Any]) -> None:
     setattr(owner, name, make(original, name))
 
 
-#: What a wrapper takes just before a spawn: the recorder, the owner, the
-#: calling stack, the multiprocessing.Process being started, the Popen being
-#: started, and the spawning thread if it is not the one running the tests.
-Taken = tuple[
-    Recorder,
-    "Owner | None",
-    tuple[RawFrame, ...],
-    object,
-    object,
-    "threading.Thread | None",
-]
+class Taken(NamedTuple):
+    """What only the moment before a spawn can tell. The code under test's
+    objects are held weakly: a fork's child is noted at the plugin's next
+    turn (``_unnoted``), and that must never keep a joined Process alive."""
+
+    recorder: Recorder
+    owner: Owner | None
+    frames: tuple[RawFrame, ...]
+    #: The Popen or multiprocessing.Process being started, and how it reads.
+    holder: weakref.ref[Any] | None
+    holder_how: str | None
+    #: The spawning thread, if not the one running the tests.
+    thread: str | None
+    thread_ref: weakref.ref[threading.Thread] | None
 
 
 def _take() -> Taken | None:
@@ -360,8 +363,26 @@ def _take() -> Taken | None:
         popen = _popens_starting.get(ident) if _popens_starting else None
         if popen is not None and frames and frames[0][0].co_filename != _SUBPROCESS:
             popen = None  # spawned meanwhile by other code (an env mapping's)
+        holder: weakref.ref[Any] | None = None
+        how = None
+        if popen is not None:
+            holder, how = weakref.ref(popen), "subprocess.Popen"
+        elif process is not None:
+            name = getattr(process, "name", "?")
+            holder, how = (
+                weakref.ref(process),
+                f"multiprocessing.Process(name={name!r})",
+            )
         thread = threading.current_thread() if ident != recorder.thread_id else None
-        return recorder, recorder.owner, frames, process, popen, thread
+        return Taken(
+            recorder,
+            recorder.owner,
+            frames,
+            holder,
+            how,
+            thread.name if thread is not None else None,
+            weakref.ref(thread) if thread is not None else None,
+        )
     except RecursionError:
         return None  # the caller's stack is full (nested signal handlers): skip
     except Exception as exc:  # a bug of ours must never break the spawn
@@ -385,19 +406,22 @@ def _note(
     """Record the child ``pid``, just spawned by this process."""
     if taken is None or pid <= 0:
         return
-    recorder, owner, frames, process, popen, thread = taken
+    recorder = taken.recorder
     try:
         identity = processes.identify(pid)
         if identity is None:
             return  # already reaped (SIGCHLD ignored, a handler): nothing to follow
-        holder = popen if popen is not None else process
-        if popen is not None:
-            how = "subprocess.Popen"
-        elif process is not None:
-            how = f"multiprocessing.Process(name={getattr(process, 'name', '?')!r})"
-        spawn = Spawn(pid, identity, argv, how, owner, frames=frames, holder=holder)
-        spawn.thread = thread.name if thread is not None else None
-        spawn.thread_ref = weakref.ref(thread) if thread is not None else None
+        spawn = Spawn(
+            pid,
+            identity,
+            argv,
+            taken.holder_how or how,
+            taken.owner,
+            frames=taken.frames,
+        )
+        spawn.holder = taken.holder
+        spawn.thread = taken.thread
+        spawn.thread_ref = taken.thread_ref
         spawn.exempt = recorder.exemption(argv)
         recorder.record(spawn)
     except RecursionError:

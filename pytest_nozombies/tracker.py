@@ -213,7 +213,9 @@ class Tracker:
         self.deadline: float | None = None
         #: An error inside a spawn wrapper, for the plugin to report.
         self.failure: Exception | None = None
-        #: The outer session's owner when this session started inside it.
+        #: The outer session's owner when this session started inside it (a
+        #: pytester run): what it spawns while this one owns nothing is that
+        #: owner's, not nobody's.
         self.outer_owner: Owner | None = None
         self._pid = os.getpid()
         #: Zombies that existed when the running test started.
@@ -232,7 +234,7 @@ class Tracker:
     def start_recording(self) -> None:
         """Wrap the spawning functions; children that exist now are nobody's."""
         outer = spawns.install(self)
-        self.outer_owner = outer.owner if outer is not None else None
+        self.outer_owner = self.owner = outer.owner if outer is not None else None
         for pid in processes.child_pids():
             identity = processes.identify(pid)
             if identity is not None and pid not in self._records:
@@ -253,9 +255,11 @@ class Tracker:
         for spawn in records:
             if spawn.owner is None or spawn.exempt or spawn.judged == "reported":
                 continue
-            spawn.via, spawn.owner, spawn.judged = spawn.owner, owner, None
+            if spawn.owner is not owner:  # spawned by a test of that session
+                spawn.via, spawn.owner = spawn.owner, owner
+                owner.scope.children.append(spawn)
+            spawn.judged = None
             self._records[spawn.pid] = spawn
-            owner.scope.children.append(spawn)
 
     def record(self, spawn: Spawn) -> None:
         self._records[spawn.pid] = spawn
@@ -305,7 +309,7 @@ class Tracker:
     def _own(self, base: Owner | None) -> None:
         self._base = base
         self._fixtures.clear()
-        self.owner = base
+        self.owner = base or self.outer_owner
 
     def start_collection(self) -> None:
         """Conftests and test modules are imported now: the collection owns."""
@@ -391,6 +395,7 @@ class Tracker:
         if owner in self._fixtures:
             self._fixtures.remove(owner)
         self.owner = self._fixtures[-1] if self._fixtures else self._base
+        self.owner = self.owner or self.outer_owner
 
     # --- checks --------------------------------------------------------------
 

@@ -800,7 +800,8 @@ def test_a_fork_that_execs_an_ignored_command_is_ignored(
             test_left_running.pid = fork_exec("sleep", "30")
 
         def test_not_ignored():
-            os.kill(fork_exec("cat"), signal.SIGKILL)
+            # Runs until killed (cat would read an empty stdin and exit).
+            os.kill(fork_exec("tail", "-f", "/dev/null"), signal.SIGKILL)
 
         def test_zz_cleans_up():
             os.kill(test_left_running.pid, signal.SIGKILL)
@@ -809,7 +810,10 @@ def test_a_fork_that_execs_an_ignored_command_is_ignored(
     result = run_inner()
     result.assert_outcomes(passed=4, errors=1)
     result.stdout.fnmatch_lines(
-        ["*ERROR at teardown of test_not_ignored*", "  pid *: cat (forked by os.fork)"]
+        [
+            "*ERROR at teardown of test_not_ignored*",
+            "  pid *: tail -f /dev/null (forked by os.fork)",
+        ]
     )
     result.stdout.no_fnmatch_line("*sleep 30*")
 

@@ -1018,3 +1018,51 @@ def test_fault_injection_in_every_hook_is_one_warning_never_an_internalerror(
     assert output.count(warning) == 1
     for text in ("INTERNALERROR", "Traceback", "RuntimeError: injected fault"):
         assert text not in output
+
+
+# --- the code under test's objects are its own ------------------------------
+
+
+def test_the_plugin_keeps_no_object_of_the_code_under_test_alive(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    # CPython's own multiprocessing tests check that a joined Process is
+    # freed; a fork's note must hold the Process and the forking thread
+    # weakly while it waits for the plugin's next turn.
+    write(
+        pytester,
+        """
+        import gc, multiprocessing, os, threading, weakref
+
+        def work():
+            pass
+
+        def test_a_joined_process_is_freed():
+            p = multiprocessing.get_context("fork").Process(target=work)
+            p.start()
+            p.join()
+            assert p.exitcode == 0
+            ref = weakref.ref(p)
+            del p
+            gc.collect()
+            assert ref() is None
+
+        def test_a_thread_that_forked_is_freed():
+            def fork_and_wait():
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0)
+                os.waitpid(pid, 0)
+
+            t = threading.Thread(target=fork_and_wait)
+            t.start()
+            t.join()
+            ref = weakref.ref(t)
+            del t
+            gc.collect()
+            assert ref() is None
+        """,
+    )
+    result = run_inner("-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    assert result.ret == pytest.ExitCode.OK

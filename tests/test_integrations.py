@@ -1010,3 +1010,55 @@ def test_forked_tests_are_judged_in_their_fork(
         nodeid,
         "failed-test",
     )
+
+
+INNER_CONFIG = """
+import os, subprocess, time
+
+pytest_plugins = ["pytester"]
+KEPT = []
+
+def exited(pid):
+    deadline = time.monotonic() + 30
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+
+def test_spawns_while_an_inner_config_is_open(pytester):
+    pytester.parseconfigure()  # a configured inner session, never run
+    KEPT.append(subprocess.Popen(["sh", "-c", "exit 4"]))  # line 14
+    exited(KEPT[-1].pid)
+    r, w = os.pipe()
+    KEPT.append(subprocess.Popen(["head", "-c1"], stdin=r))  # line 17
+    os.close(r)
+    KEPT.append(w)
+
+def test_innocent():
+    os.write(KEPT[-1], b"x")  # the second child ends now
+    exited(KEPT[-2].pid)
+"""
+
+
+def test_pytester_a_child_spawned_while_an_inner_config_is_open_is_the_tests(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    # pytester.parseconfigure() leaves an inner config (with its own tracker)
+    # open for the rest of the test: what the test spawns meanwhile is still
+    # the test's, named as such, and a late death is blamed on it, never on
+    # the next test.
+    pytester.makepyfile(test_inner_config=INNER_CONFIG)
+    result = run_inner("-p", "no:randomly", "--nozombies-grace=0")
+    result.assert_outcomes(passed=2, errors=1)
+    nodeid = "test_inner_config.py::test_spawns_while_an_inner_config_is_open"
+    result.stdout.fnmatch_lines(
+        [
+            "*= nozombies: 2 zombie leaks =*",
+            f"{nodeid} (call): pid * sh -c 'exit 4', exited with code 4, "
+            "spawned at test_inner_config.py:14",
+            f"{nodeid} (call): pid * head -c1, exited with code 0, spawned at "
+            "test_inner_config.py:17 (late: found while "
+            "test_inner_config.py::test_innocent ran)",
+        ],
+        consecutive=True,
+    )
+    result.stdout.no_fnmatch_line("*not spawned through Python*")

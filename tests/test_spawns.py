@@ -312,11 +312,18 @@ def test_ignored_command_lines_are_exempt() -> None:
         assert [s.pid for s in owner.scope.children] == [kept.pid]
 
 
-def test_a_spawn_between_owners_is_nobodys(tracker: Tracker) -> None:
+def test_a_spawn_between_owners_of_a_nested_session_is_the_outer_owners(
+    tracker: Tracker,
+) -> None:
+    # A session that owns nothing spawns for nobody; but this tracker stacks
+    # on the outer session's (a pytester run's would too), so what is spawned
+    # while it owns nothing is the outer owner's. (A top-level session's
+    # nobody is tested end to end in test_running.py.)
     tracker.stop_owning()
+    assert tracker.outer_owner is not None
     with subprocess.Popen(["true"]) as proc:
         spawn = record_of(tracker, proc.pid)
-        assert spawn.owner is None
+        assert spawn.owner is tracker.outer_owner
     tracker.start_test(NODEID, allowed=False, test_file=__file__, test_site=None)
     fixture = tracker.enter_fixture("server", "module", allowed=False)
     assert fixture is not None
