@@ -85,13 +85,10 @@ class TestChecks:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
-        if item is self._item:
+        if item is self._item and call.when != "teardown":
             # The next phase starts now; if setup did not pass, call is skipped.
-            if call.when == "setup":
-                phase = "call" if report.passed else "teardown"
-                self.guarded(self.tracker.enter_phase, phase)
-            elif call.when == "call":
-                self.guarded(self.tracker.enter_phase, "teardown")
+            passed = call.when == "setup" and report.passed
+            self.guarded(self.tracker.enter_phase, "call" if passed else "teardown")
         if self.results.pending:
             self.guarded(self.results.attach_pending, report, item)
         return report
