@@ -193,7 +193,7 @@ def test_a_thread_running_commands_across_many_tests_is_never_disturbed(
 WAITED_BY_THREADS = {
     "process pool shut down without waiting, or dropped": (
         """
-        import concurrent.futures, multiprocessing
+        import concurrent.futures, multiprocessing, threading
         import pytest
         from inner_helpers import DEADLINE
 
@@ -222,6 +222,15 @@ WAITED_BY_THREADS = {
             start_pool()
 
         def test_every_worker_ended_cleanly():
+            # Each executor's thread joins its workers. A worker joined from
+            # two threads at once can lose its exit code (the loser's waitpid
+            # fails before the winner stores it), plugin or not: so wait for
+            # those threads first.
+            manager = concurrent.futures.process._ExecutorManagerThread
+            for thread in threading.enumerate():
+                if isinstance(thread, manager):
+                    thread.join(DEADLINE)
+                    assert not thread.is_alive()
             for process in WORKERS.values():
                 process.join(DEADLINE)
             assert len(WORKERS) == 80
