@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,7 +51,19 @@ def wait_for(predicate: Callable[[], object], timeout: float = DEADLINE) -> None
         interval = min(interval * 2, 0.05)
 
 
-def line_of(path: Path, marker: str) -> int:
+class Waiter(threading.Thread):
+    """A thread blocked in one call until it returns."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        super().__init__(name="waiter", daemon=True)
+        self.call = call
+        self.result: object = None
+
+    def run(self) -> None:
+        self.result = self.call()
+
+
+def line_of(path: Path, marker: str = "# SPAWN") -> int:
     """The number of the one line of ``path`` that carries ``marker``."""
     found = [
         number

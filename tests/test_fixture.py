@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from helpers import DEADLINE, RunInner
+from helpers import DEADLINE, RunInner, line_of
 
 SERVER_SCRIPT = Path(__file__).with_name("prefork_server.py")
 
@@ -74,17 +74,6 @@ def with_body(head: str, body: str, tail: str = "") -> str:
 
 def recorded(pytester: pytest.Pytester, name: str) -> Any:
     return json.loads((pytester.path / f"{name}.json").read_text())
-
-
-def line_of(path: Path, marker: str = "# SPAWN") -> int:
-    """The line number of the one line of ``path`` that carries ``marker``."""
-    found = [
-        number
-        for number, line in enumerate(path.read_text().splitlines(), start=1)
-        if marker in line
-    ]
-    assert len(found) == 1, f"{marker!r} should mark exactly one line: {found}"
-    return found[0]
 
 
 def literal(text: str) -> str:

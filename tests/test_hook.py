@@ -11,13 +11,12 @@ saying ``annotate-me``, and raises for ``raise-me``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from textwrap import dedent
 from typing import Any
 
 import pytest
 
-from helpers import RunInner
+from helpers import RunInner, line_of
 
 INNER_HELPERS = """
 import os
@@ -137,16 +136,6 @@ def test_innocent_while_it_dies():
     child.stdin.close()
     wait_exited(child.pid)
 """
-
-
-def line_of(path: Path, marker: str) -> int:
-    found = [
-        number
-        for number, line in enumerate(path.read_text().splitlines(), start=1)
-        if marker in line
-    ]
-    assert len(found) == 1, f"{marker!r} should mark exactly one line: {found}"
-    return found[0]
 
 
 def pids(pytester: pytest.Pytester, name: str) -> list[int]:

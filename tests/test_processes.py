@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import DEADLINE, wait_for, wait_until_zombie
+from helpers import DEADLINE, Waiter, wait_for, wait_until_zombie
 from pytest_nozombies import processes
 
 pytestmark = pytest.mark.skipif(not processes.SUPPORTED, reason="POSIX only")
@@ -446,18 +446,6 @@ def test_zombie_children_of_this_process_are_its_own() -> None:
 
 
 # --- threads that wait for children -----------------------------------------
-
-
-class Waiter(threading.Thread):
-    """A thread blocked in one call until it returns."""
-
-    def __init__(self, call: Callable[[], object]) -> None:
-        super().__init__(name="waiter", daemon=True)
-        self.call = call
-        self.result: object = None
-
-    def run(self) -> None:
-        self.result = self.call()
 
 
 def other_threads() -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from helpers import DEADLINE, RunInner
+from helpers import DEADLINE, RunInner, line_of
 
 #: Imported by the inner test modules.
 INNER_HELPERS = """
@@ -47,17 +47,6 @@ RUNNING_HINT = "Stop and wait for every child a test starts before it ends*"
 def write_inner(pytester: pytest.Pytester, source: str, name: str = "test_x") -> Path:
     pytester.makepyfile(nozhelp=INNER_HELPERS)
     return pytester.makepyfile(**{name: dedent(source)})
-
-
-def line_of(path: Path, marker: str = "# SPAWN") -> int:
-    """The line number of the one line of ``path`` that carries ``marker``."""
-    found = [
-        number
-        for number, line in enumerate(path.read_text().splitlines(), start=1)
-        if marker in line
-    ]
-    assert len(found) == 1, f"{marker!r} should mark exactly one line: {found}"
-    return found[0]
 
 
 def pids(pytester: pytest.Pytester, name: str = "child") -> list[int]:

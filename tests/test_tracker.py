@@ -27,6 +27,7 @@ import pytest
 from helpers import (
     DEADLINE,
     ROOT,
+    Waiter,
     spawn_untracked,
     tracking,
     wait_for,
@@ -186,16 +187,6 @@ def test_a_zombie_spawned_by_another_thread_names_it(tracker: Tracker) -> None:
 
 
 # --- children that are waited for -----------------------------------------------
-
-
-class Waiter(threading.Thread):
-    def __init__(self, call: Callable[[], object]) -> None:
-        super().__init__(name="waiter", daemon=True)
-        self.call = call
-        self.result: object = None
-
-    def run(self) -> None:
-        self.result = self.call()
 
 
 def _exit_code(result: object) -> int:
