@@ -114,8 +114,9 @@ class Owner:
         self.test_site = test_site
 
     def with_phase(self, phase: str) -> Owner:
-        # Not copy.copy: on a slotted object it goes through __reduce_ex__,
-        # 16 us under a profiler, and this runs twice per test.
+        # Not copy.copy, which goes through __reduce_ex__ on a slotted object:
+        # this runs twice per test, and with copy.copy 2,000 trivial tests
+        # measured 1.095 against 1.070 (bench_overhead.py, shared-CPU).
         return Owner(
             self.scope,
             self.nodeid,
