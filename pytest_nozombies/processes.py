@@ -174,11 +174,22 @@ def _pidfd_inode(pid: int) -> int:
 
 def _has_pidfs() -> bool:
     """Whether a pidfd's inode number names one process for good (pidfs,
-    Linux 6.9 and newer; before, every pidfd shares one anonymous inode)."""
+    Linux 6.9 and newer). Before, every pidfd is the one anonymous inode that
+    an eventfd is too."""
     try:
-        return _pidfd_inode(os.getpid()) != _pidfd_inode(os.getppid())
+        anonymous = os.eventfd(0)
+        try:
+            shared = os.fstat(anonymous)
+        finally:
+            os.close(anonymous)
+        pidfd = os.pidfd_open(os.getpid())
+        try:
+            mine = os.fstat(pidfd)
+        finally:
+            os.close(pidfd)
     except (AttributeError, OSError):
         return False
+    return (mine.st_dev, mine.st_ino) != (shared.st_dev, shared.st_ino)
 
 
 _PIDFS = USES_PROC and _has_pidfs()

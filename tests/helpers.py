@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -152,3 +154,28 @@ def read_report(path: os.PathLike[str] | str) -> dict[str, Any]:
     )
     jsonschema.Draft202012Validator(schema).validate(document)
     return document
+
+
+def private_pid_namespace() -> list[str] | None:
+    """A command prefix that runs a command as pid 1 of a new pid namespace,
+    with its own /proc, where it may write ``ns_last_pid``; None if this
+    machine allows none."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    namespace = ["--pid", "--fork", "--mount-proc", "--kill-child"]
+    as_root = [unshare, *namespace]
+    # Not root: root of a new user namespace that owns the pid namespace.
+    mapped = [unshare, "--user", "--map-root-user", *namespace]
+    for prefix in (as_root, mapped):
+        try:
+            probe = subprocess.run(
+                [*prefix, "sh", "-c", "echo 1000 > /proc/sys/kernel/ns_last_pid"],
+                capture_output=True,
+                timeout=DEADLINE,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if probe.returncode == 0:
+            return prefix
+    return None

@@ -12,15 +12,13 @@ run_inner's timeout) so that a regression fails instead of hanging.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from textwrap import dedent
 
 import pytest
 
-from helpers import DEADLINE, RunInner
+from helpers import DEADLINE, RunInner, private_pid_namespace
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="Linux: pidfds and /proc"
@@ -561,31 +559,6 @@ def test_children_cost_no_descriptor(
 # --- 4. identity holds for every record --------------------------------------
 
 
-def _private_pid_namespace() -> list[str] | None:
-    """A command prefix that runs a command as pid 1 of a new pid namespace,
-    with its own /proc, where it may write ``ns_last_pid``; None if this
-    machine allows none."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return None
-    namespace = ["--pid", "--fork", "--mount-proc", "--kill-child"]
-    as_root = [unshare, *namespace]
-    # Not root: root of a new user namespace that owns the pid namespace.
-    mapped = [unshare, "--user", "--map-root-user", *namespace]
-    for prefix in (as_root, mapped):
-        try:
-            probe = subprocess.run(
-                [*prefix, "sh", "-c", "echo 1000 > /proc/sys/kernel/ns_last_pid"],
-                capture_output=True,
-                timeout=DEADLINE,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if probe.returncode == 0:
-            return prefix
-    return None
-
-
 def test_a_reused_pid_is_never_taken_for_a_popens_child(
     pytester: pytest.Pytester,
 ) -> None:
@@ -594,7 +567,7 @@ def test_a_reused_pid_is_never_taken_for_a_popens_child(
     namespace of the inner run's own, so nothing else on the machine is
     touched). The stranger is reported as itself, and never reaped through
     the stale Popen."""
-    prefix = _private_pid_namespace()
+    prefix = private_pid_namespace()
     if prefix is None:
         pytest.skip("cannot make a private pid namespace with ns_last_pid here")
     path = write(

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import DEADLINE, Waiter, wait_for, wait_until_zombie
+from helpers import (
+    DEADLINE,
+    Waiter,
+    private_pid_namespace,
+    wait_for,
+    wait_until_zombie,
+)
 from pytest_nozombies import processes
 
 pytestmark = pytest.mark.skipif(not processes.SUPPORTED, reason="POSIX only")
@@ -171,6 +177,25 @@ def test_identity_is_the_pidfd_inode_where_pidfs_exists() -> None:
     finally:
         os.kill(child, signal.SIGKILL)
         reap(child)
+
+
+@pytest.mark.skipif(not processes._PIDFS, reason="the kernel has no pidfs")
+def test_pidfs_is_found_as_pid_1_of_a_pid_namespace() -> None:
+    # As a container's first process (pytest run as its command) the parent
+    # is outside the namespace: pidfs must be found without it.
+    prefix = private_pid_namespace()
+    if prefix is None:
+        pytest.skip("cannot make a private pid namespace here")
+    probe = "import os; from pytest_nozombies import processes as p; "
+    probe += "print(os.getpid(), os.getppid(), p._PIDFS)"
+    result = subprocess.run(
+        [*prefix, sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=True,
+    )
+    assert result.stdout.split() == ["1", "0", "True"]
 
 
 def test_cmdline_is_read_while_alive_only() -> None:
