@@ -20,6 +20,7 @@ import pytest
 from helpers import (
     DEADLINE,
     Waiter,
+    join_thread,
     private_pid_namespace,
     wait_for,
     wait_until_zombie,
@@ -300,13 +301,13 @@ def test_a_child_started_by_another_thread_is_listed() -> None:
         [pid] = started
         assert pid in processes.child_pids()  # its thread still runs
         release.set()
-        thread.join(DEADLINE)
+        join_thread(thread)
         assert not thread.is_alive()
         assert pid in processes.child_pids()  # its thread has ended
         assert processes.child_status(pid) == "running"
     finally:
         release.set()
-        thread.join(DEADLINE)
+        join_thread(thread)
         for pid in started:
             os.kill(pid, signal.SIGKILL)
             reap(pid)

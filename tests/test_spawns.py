@@ -25,7 +25,15 @@ from typing import Any
 
 import pytest
 
-from helpers import DEADLINE, ROOT, RunInner, tracking, wait_for, wait_until_zombie
+from helpers import (
+    DEADLINE,
+    ROOT,
+    RunInner,
+    join_thread,
+    tracking,
+    wait_for,
+    wait_until_zombie,
+)
 from pytest_nozombies import processes, spawns
 from pytest_nozombies.spawns import Frame, Spawn
 from pytest_nozombies.tracker import Tracker
@@ -231,7 +239,7 @@ def test_the_spawning_thread_is_named(tracker: Tracker) -> None:
         assert spawn.spawning_thread_alive()
     finally:
         release.set()
-        thread.join(DEADLINE)
+        join_thread(thread)
         for proc in started:
             proc.wait()
     assert not spawn.spawning_thread_alive()

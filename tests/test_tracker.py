@@ -28,6 +28,7 @@ from helpers import (
     DEADLINE,
     ROOT,
     Waiter,
+    join_thread,
     spawn_untracked,
     tracking,
     wait_for,
@@ -171,7 +172,7 @@ def test_a_zombie_spawned_by_another_thread_names_it(tracker: Tracker) -> None:
         name="worker",
     )
     thread.start()
-    thread.join(DEADLINE)
+    join_thread(thread)
     [spawn] = [s for s in tracker.records.values() if s.thread == "worker"]
     wait_until_zombie(spawn.pid)
     try:
@@ -265,7 +266,7 @@ def test_a_child_of_a_thread_that_still_runs_is_handed_to_it() -> None:
             assert running.thread == "server"
         finally:
             release.set()
-            thread.join(DEADLINE)
+            join_thread(thread)
             for proc in started:
                 proc.kill()
                 proc.wait()
