@@ -22,6 +22,7 @@ PYTEST_DONT_REWRITE
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
 import shlex
@@ -69,6 +70,7 @@ class Spawn:
         "how",
         "identity",
         "judged",
+        "order",
         "owner",
         "pid",
         "signalled",
@@ -86,8 +88,12 @@ class Spawn:
         owner: Owner | None,
         *,
         frames: tuple[RawFrame, ...] = (),
+        order: int | None = None,
     ) -> None:
         self.pid = pid
+        #: Where it comes in the order children were spawned (a fork is
+        #: recorded later than it is spawned: see ``_unnoted``).
+        self.order = next(_spawned) if order is None else order
         #: With the pid, names this very process: a later child may get the pid.
         self.identity = identity
         self.argv = argv
@@ -261,6 +267,9 @@ class Recorder(Protocol):
 
     def record(self, spawn: Spawn) -> None: ...
 
+    def knows(self, pid: int, identity: processes.Identity) -> bool:
+        """Whether process ``pid`` with this identity is recorded already."""
+
     def exemption(self, argv: tuple[str, ...] | None) -> str | None: ...
 
     def note_signal(self, pid: int) -> None: ...
@@ -268,6 +277,8 @@ class Recorder(Protocol):
     def internal_error(self, exc: Exception) -> None: ...
 
 
+#: Numbers the spawns in the order they happen.
+_spawned = itertools.count()
 #: The recorders of the sessions now running, innermost last (pytester runs
 #: a session inside a session).
 _recorders: list[Recorder] = []
@@ -278,14 +289,16 @@ _originals: list[tuple[Any, str, Any]] = []
 _popens_starting: dict[int, subprocess.Popen[Any]] = {}
 #: Only subprocess's own code spawns a starting Popen's child.
 _SUBPROCESS = subprocess.__file__
-#: Children os.fork / os.forkpty made whose pid is not noted yet. Until the
-#: child exits or execs it shares this process's memory, and every page this
-#: process writes meanwhile is copied: noting the pid right after the fork
-#: cost 78 page faults, about 120 us per fork here, against one list append
-#: now. The rest is done the next time the plugin runs (``note_forks``):
-#: before any other spawn, at any check, at any kill, so a pid reused
-#: meanwhile can only be mistaken for a child spawned outside Python.
+#: Children os.fork / os.forkpty made whose pid is not noted yet. After a
+#: fork every page of this process is copy-on-write, and each page Python
+#: writes before the next fork costs a page fault (refcounts make reading an
+#: object a write): noting a fork at the next spawn cost 62 faults per fork
+#: and wait here, noting them in batches 35. A batch is noted at every
+#: check, every kill and every ``_NOTE_EVERY`` forks (``note_forks``); a
+#: pid reused meanwhile by a child recorded since is left to that child, so
+#: it can only be mistaken for a child spawned outside Python.
 _unnoted: list[tuple[Taken | None, int, str]] = []
+_NOTE_EVERY = 256
 
 
 def install(recorder: Recorder) -> Recorder | None:
@@ -331,14 +344,12 @@ def _patch(owner: Any, name: str, make: Callable[[Any, str], Any]) -> None:
     setattr(owner, name, make(original, name))
 
 
-class Taken(NamedTuple):
-    """What only the moment before a spawn can tell. The code under test's
-    objects are held weakly: a fork's child is noted at the plugin's next
-    turn (``_unnoted``), and that must never keep a joined Process alive."""
+class Holder(NamedTuple):
+    """What a spawn on the plain path (a test's own thread, no Popen or
+    Process starting) does not need. The code under test's objects are held
+    weakly: a fork's child is noted later (``_unnoted``), and that must never
+    keep a joined Process alive."""
 
-    recorder: Recorder
-    owner: Owner | None
-    frames: tuple[RawFrame, ...]
     #: The Popen or multiprocessing.Process being started, and how it reads.
     holder: weakref.ref[Any] | None
     holder_how: str | None
@@ -347,42 +358,50 @@ class Taken(NamedTuple):
     thread_ref: weakref.ref[threading.Thread] | None
 
 
+#: What only the moment before a spawn can tell: the recorder, the owner,
+#: the calling stack innermost first, the spawn's place in the order, and
+#: the rest if there is any. A plain tuple: after a fork every object built
+#: here costs page faults (``_unnoted``).
+Taken = tuple["Recorder", "Owner | None", list[RawFrame], int, "Holder | None"]
+
+#: ``multiprocessing.process.BaseProcess.start``'s code, once it is imported.
+_mp_start: CodeType | None = None
+_get_ident = threading.get_ident
+
+
 def _take() -> Taken | None:
     """What only the moment before a spawn can tell; the record is made
-    from it after the spawn, outside the spawning code's way (see
-    ``_unnoted``: the fewer objects touched here, the fewer pages a fork
-    makes the kernel copy)."""
+    from it after the spawn, outside the spawning code's way. No source file
+    is read: a frame is its code and its last instruction."""
+    global _mp_start
     if not _recorders:
         return None
-    if _unnoted:
-        note_forks()
     recorder = _recorders[-1]
     try:
-        frames, process = _capture_stack(recorder.stack_stop)
-        ident = threading.get_ident()
+        if _mp_start is None and "multiprocessing.process" in sys.modules:
+            process_class = sys.modules["multiprocessing.process"].BaseProcess
+            _mp_start = process_class.start.__code__
+        stop = recorder.stack_stop
+        frames: list[RawFrame] = []
+        process = None
+        frame = sys._getframe(2)
+        while frame is not None and len(frames) < _MAX_STACK:
+            code = frame.f_code
+            filename = code.co_filename
+            if filename.startswith(stop):
+                break  # the test runner's own frames
+            if code is _mp_start:
+                process = frame.f_locals.get("self")
+            if filename != __file__:  # our own wrappers are noise
+                frames.append((code, frame.f_lasti))
+            frame = frame.f_back  # type: ignore[assignment]
+        ident = _get_ident()
         popen = _popens_starting.get(ident) if _popens_starting else None
-        if popen is not None and frames and frames[0][0].co_filename != _SUBPROCESS:
-            popen = None  # spawned meanwhile by other code (an env mapping's)
-        holder: weakref.ref[Any] | None = None
-        how = None
-        if popen is not None:
-            holder, how = weakref.ref(popen), "subprocess.Popen"
-        elif process is not None:
-            name = getattr(process, "name", "?")
-            holder, how = (
-                weakref.ref(process),
-                f"multiprocessing.Process(name={name!r})",
-            )
-        thread = threading.current_thread() if ident != recorder.thread_id else None
-        return Taken(
-            recorder,
-            recorder.owner,
-            frames,
-            holder,
-            how,
-            thread.name if thread is not None else None,
-            weakref.ref(thread) if thread is not None else None,
-        )
+        order = next(_spawned)
+        if popen is None and process is None and ident == recorder.thread_id:
+            return recorder, recorder.owner, frames, order, None
+        holder = _holder(recorder, popen, process, frames)
+        return recorder, recorder.owner, frames, order, holder
     except RecursionError:
         return None  # the caller's stack is full (nested signal handlers): skip
     except Exception as exc:  # a bug of ours must never break the spawn
@@ -390,70 +409,84 @@ def _take() -> Taken | None:
         return None
 
 
+def _holder(
+    recorder: Recorder,
+    popen: subprocess.Popen[Any] | None,
+    process: object | None,
+    frames: list[RawFrame],
+) -> Holder:
+    if popen is not None and frames and frames[0][0].co_filename != _SUBPROCESS:
+        popen = None  # spawned meanwhile by other code (an env mapping's)
+    holder: weakref.ref[Any] | None = None
+    how = None
+    if popen is not None:
+        holder, how = weakref.ref(popen), "subprocess.Popen"
+    elif process is not None:
+        name = getattr(process, "name", "?")
+        holder, how = weakref.ref(process), f"multiprocessing.Process(name={name!r})"
+    thread = threading.current_thread()
+    if thread.ident == recorder.thread_id:
+        return Holder(holder, how, None, None)
+    return Holder(holder, how, thread.name, weakref.ref(thread))
+
+
+def forget_forks() -> None:
+    """Drop the forks not noted yet: in a forked copy of the session they are
+    the original process's children, not this one's."""
+    _unnoted.clear()
+
+
 def note_forks() -> None:
-    """Note the children os.fork / os.forkpty made since last time."""
+    """Note the children os.fork / os.forkpty made since last time, in the
+    order they were made."""
+    newest_first: list[tuple[Taken | None, int, str]] = []
     while _unnoted:
         try:
-            taken, pid, how = _unnoted.pop(0)  # one at a time, from any thread
+            newest_first.append(_unnoted.pop())  # one at a time, from any thread
         except IndexError:
-            return
-        _note(taken, pid, None, how)
+            break
+    # A pid can be reused only once its child is reaped: of two forks that
+    # got the same pid, the older one's child is gone.
+    latest: dict[int, tuple[Taken | None, str]] = {}
+    for taken, pid, how in newest_first:
+        latest.setdefault(pid, (taken, how))
+    for pid, (taken, how) in reversed(latest.items()):
+        _note(taken, pid, None, how, late=True)
 
 
 def _note(
-    taken: Taken | None, pid: int, argv: tuple[str, ...] | None, how: str
+    taken: Taken | None,
+    pid: int,
+    argv: tuple[str, ...] | None,
+    how: str,
+    *,
+    late: bool = False,
 ) -> None:
-    """Record the child ``pid``, just spawned by this process."""
+    """Record the child ``pid``, spawned by this process (``late``: a while
+    ago, by a fork)."""
     if taken is None or pid <= 0:
         return
-    recorder = taken.recorder
+    recorder, owner, frames, order, extra = taken
     try:
         identity = processes.identify(pid)
         if identity is None:
             return  # already reaped (SIGCHLD ignored, a handler): nothing to follow
+        if late and recorder.knows(pid, identity):
+            return  # reaped, and its pid went to a child recorded since
         spawn = Spawn(
-            pid,
-            identity,
-            argv,
-            taken.holder_how or how,
-            taken.owner,
-            frames=taken.frames,
+            pid, identity, argv, how, owner, frames=tuple(frames), order=order
         )
-        spawn.holder = taken.holder
-        spawn.thread = taken.thread
-        spawn.thread_ref = taken.thread_ref
+        if extra is not None:
+            spawn.how = extra.holder_how or how
+            spawn.holder = extra.holder
+            spawn.thread = extra.thread
+            spawn.thread_ref = extra.thread_ref
         spawn.exempt = recorder.exemption(argv)
         recorder.record(spawn)
     except RecursionError:
         pass  # the caller's stack is full (nested signal handlers): skip
     except Exception as exc:  # a bug of ours must never break the spawn
         recorder.internal_error(exc)
-
-
-#: ``multiprocessing.process.BaseProcess.start``'s code, once it is imported.
-_mp_start: CodeType | None = None
-
-
-def _capture_stack(stop: tuple[str, ...]) -> tuple[tuple[RawFrame, ...], object | None]:
-    """The calling stack, innermost first, and the ``multiprocessing.Process``
-    being started, if one is; no source file is read."""
-    global _mp_start
-    frames: list[RawFrame] = []
-    process = None
-    if _mp_start is None and "multiprocessing.process" in sys.modules:
-        _mp_start = sys.modules["multiprocessing.process"].BaseProcess.start.__code__
-    start_code = _mp_start
-    frame = sys._getframe(2)
-    while frame is not None and len(frames) < _MAX_STACK:
-        code = frame.f_code
-        if stop and code.co_filename.startswith(stop):
-            break
-        if code is start_code:
-            process = frame.f_locals.get("self")
-        if code.co_filename != __file__:  # our own wrappers are noise
-            frames.append((code, frame.f_lasti))
-        frame = frame.f_back  # type: ignore[assignment]
-    return tuple(frames), process
 
 
 def iter_user_frames(
@@ -487,8 +520,12 @@ def _wrap_fork(original: Callable[[], int], name: str) -> Callable[[], int]:
     def fork() -> int:
         taken = _take()
         pid = original()
-        if pid and taken is not None:
-            _unnoted.append((taken, pid, "os.fork"))  # and nothing more: see _unnoted
+        if taken is not None:
+            # In the child too, as pid 0, never noted: freeing ``taken`` there
+            # would write to every page it refers to, and each is copied.
+            _unnoted.append((taken, pid, "os.fork"))
+            if pid and len(_unnoted) >= _NOTE_EVERY:
+                note_forks()
         return pid
 
     return fork
@@ -501,8 +538,12 @@ def _wrap_forkpty(
     def forkpty() -> tuple[int, int]:
         taken = _take()
         pid, fd = original()
-        if pid and taken is not None:
-            _unnoted.append((taken, pid, "os.forkpty"))  # nothing more: see _unnoted
+        if taken is not None:
+            # In the child too, as pid 0, never noted: freeing ``taken`` there
+            # would write to every page it refers to, and each is copied.
+            _unnoted.append((taken, pid, "os.forkpty"))
+            if pid and len(_unnoted) >= _NOTE_EVERY:
+                note_forks()
         return pid, fd
 
     return forkpty

@@ -275,6 +275,10 @@ class Tracker:
         if spawn.owner is not None and spawn.exempt is None:
             spawn.owner.scope.children.append(spawn)
 
+    def knows(self, pid: int, identity: processes.Identity) -> bool:
+        known = self._records.get(pid)
+        return known is not None and known.identity == identity
+
     def exemption(self, argv: tuple[str, ...] | None) -> str | None:
         return spawns.exemption(argv, self.ignore)
 
@@ -310,6 +314,7 @@ class Tracker:
         """Judge in this forked copy of the session (pytest-forked's): what it
         inherited names the original process's children, none of its own."""
         self._pid = os.getpid()
+        spawns.forget_forks()
         self._records.clear()
         self.collection.children.clear()
 
@@ -479,7 +484,7 @@ class Tracker:
         answered for it when its scope ended."""
         spawns.note_forks()
         found = []
-        for spawn in list(self._records.values()):
+        for spawn in sorted(self._records.values(), key=lambda s: s.order):
             owner = spawn.owner
             if spawn.judged not in ("left running", "handed"):
                 continue
@@ -627,6 +632,8 @@ class Tracker:
                 else:
                     left.append(spawn)
             if not still:
+                zombies.sort(key=lambda item: item[0].order)  # not as they died
+                left.sort(key=lambda spawn: spawn.order)
                 return zombies, left
             time.sleep(interval)
             interval = min(interval * 2, _MAX_INTERVAL)

@@ -475,6 +475,41 @@ def test_a_test_that_clears_the_environment_is_still_blamed_with_its_phase(
     )
 
 
+def test_leaks_are_listed_in_the_order_they_were_spawned(
+    pytester: pytest.Pytester, run_inner: RunInner
+) -> None:
+    # The first child dies during the grace period, after the second is
+    # already a zombie: the report still lists them as they were spawned.
+    pytester.makepyfile(
+        test_order="""
+        import subprocess
+
+        KEPT = []
+
+        def test_leaves_two():
+            slow = subprocess.Popen(
+                ["sh", "-c", "trap 'sleep 0.3; exit 1' TERM; echo ready; "
+                 "while :; do sleep 0.01; done"],
+                stdout=subprocess.PIPE,
+            )
+            assert slow.stdout.readline() == b"ready\\n"
+            fast = subprocess.Popen(["sh", "-c", "exit 2"])
+            slow.terminate()  # asked to exit: worth the grace period
+            KEPT.extend([slow, fast])
+        """
+    )
+    result = run_inner()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= nozombies: 2 zombie leaks =*",
+            "test_order.py::test_leaves_two (call): * 'trap *, exited with code 1,*",
+            "test_order.py::test_leaves_two (call): * 'exit 2', exited with code 2,*",
+        ],
+        consecutive=True,
+    )
+
+
 def test_module_fixture_teardown_leak_is_reported_against_the_fixture(
     pytester: pytest.Pytester, run_inner: RunInner
 ) -> None:

@@ -635,6 +635,66 @@ def test_a_reused_pid_is_never_taken_for_a_popens_child(
     assert "exit 3" not in result.stdout.str()
 
 
+def test_a_fork_noted_late_never_takes_the_record_of_a_later_child(
+    pytester: pytest.Pytester,
+) -> None:
+    """Forks are noted in batches, after the fact. A fork's child is reaped
+    before it is noted, and a Popen's child gets its pid (forced through
+    ``ns_last_pid`` in a private pid namespace): that child is reported once,
+    as the Popen's, and reaped through its Popen."""
+    prefix = private_pid_namespace()
+    if prefix is None:
+        pytest.skip("cannot make a private pid namespace with ns_last_pid here")
+    path = write(
+        pytester,
+        """
+        import os, subprocess
+        from inner_helpers import wait_exited
+
+        STATE = {}
+
+        def test_pid_reused():
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                f.write(str(pid - 1))
+            popen = subprocess.Popen(["sh", "-c", "exit 9"])  # SPAWN
+            assert popen.pid == pid, "the pid was not reused"
+            STATE["popen"] = popen
+            wait_exited(popen.pid)
+
+        def test_after():
+            assert STATE["popen"].returncode == 9  # reaped through it
+        """,
+    )
+    basetemp = pytester.path / "basetemp"
+    result = pytester.run(
+        *prefix,
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        f"--basetemp={basetemp}",
+        timeout=DEADLINE * 4,
+    )
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at teardown of test_pid_reused _*",
+            "test left 1 zombie child process (exited, never waited for):",
+            "  pid *: sh -c 'exit 9'",
+            "    ended: exited with code 9",
+            "    spawned by: subprocess.Popen during test_x.py::test_pid_reused (call)",
+            f"    spawned at: test_x.py:{line_of(path, '# SPAWN')}",
+            HINT,
+        ]
+    )
+    assert "os.fork" not in result.stdout.str()
+
+
 # --- 6. after an internal error, nothing more is judged ----------------------
 
 
