@@ -559,6 +559,26 @@ def test_children_cost_no_descriptor(
 # --- 4. identity holds for every record --------------------------------------
 
 
+def run_as_pid_1(pytester: pytest.Pytester) -> pytest.RunResult:
+    """Run the inner session as pid 1 of a pid namespace of its own, where it
+    may force the next pid through ``ns_last_pid`` and touch nothing else on
+    the machine; skip where the machine allows no such namespace."""
+    prefix = private_pid_namespace()
+    if prefix is None:
+        pytest.skip("cannot make a private pid namespace with ns_last_pid here")
+    basetemp = pytester.path / "basetemp"
+    return pytester.run(
+        *prefix,
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        f"--basetemp={basetemp}",
+        timeout=DEADLINE * 4,
+    )
+
+
 def test_a_reused_pid_is_never_taken_for_a_popens_child(
     pytester: pytest.Pytester,
 ) -> None:
@@ -567,9 +587,6 @@ def test_a_reused_pid_is_never_taken_for_a_popens_child(
     namespace of the inner run's own, so nothing else on the machine is
     touched). The stranger is reported as itself, and never reaped through
     the stale Popen."""
-    prefix = private_pid_namespace()
-    if prefix is None:
-        pytest.skip("cannot make a private pid namespace with ns_last_pid here")
     path = write(
         pytester,
         """
@@ -608,17 +625,7 @@ def test_a_reused_pid_is_never_taken_for_a_popens_child(
             assert os.waitstatus_to_exitcode(status) == 9
         """,
     )
-    basetemp = pytester.path / "basetemp"
-    result = pytester.run(
-        *prefix,
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        f"--basetemp={basetemp}",
-        timeout=DEADLINE * 4,
-    )
+    result = run_as_pid_1(pytester)
     result.assert_outcomes(passed=2, errors=1)
     stranger = pid_of(pytester, "stranger")
     result.stdout.fnmatch_lines(
@@ -642,9 +649,6 @@ def test_a_fork_noted_late_never_takes_the_record_of_a_later_child(
     before it is noted, and a Popen's child gets its pid (forced through
     ``ns_last_pid`` in a private pid namespace): that child is reported once,
     as the Popen's, and reaped through its Popen."""
-    prefix = private_pid_namespace()
-    if prefix is None:
-        pytest.skip("cannot make a private pid namespace with ns_last_pid here")
     path = write(
         pytester,
         """
@@ -669,17 +673,7 @@ def test_a_fork_noted_late_never_takes_the_record_of_a_later_child(
             assert STATE["popen"].returncode == 9  # reaped through it
         """,
     )
-    basetemp = pytester.path / "basetemp"
-    result = pytester.run(
-        *prefix,
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        f"--basetemp={basetemp}",
-        timeout=DEADLINE * 4,
-    )
+    result = run_as_pid_1(pytester)
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(
         [
