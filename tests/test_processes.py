@@ -190,7 +190,7 @@ def test_pidfs_is_found_as_pid_1_of_a_pid_namespace() -> None:
     probe = "import os; from pytest_nozombies import processes as p; "
     probe += "print(os.getpid(), os.getppid(), p._PIDFS)"
     result = subprocess.run(
-        [*prefix, sys.executable, "-c", probe],
+        [*prefix, sys.executable, "-I", "-c", probe],
         capture_output=True,
         text=True,
         timeout=DEADLINE,
