@@ -439,6 +439,8 @@ def forget_forks() -> None:
 def note_forks() -> None:
     """Note the children os.fork / os.forkpty made since last time, in the
     order they were made."""
+    if not _unnoted:
+        return  # nearly every check: nothing was forked since the last one
     newest_first: list[tuple[Taken | None, int, str]] = []
     while _unnoted:
         try:
