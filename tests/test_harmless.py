@@ -18,7 +18,7 @@ from textwrap import dedent
 
 import pytest
 
-from helpers import DEADLINE, RunInner, private_pid_namespace
+from helpers import DEADLINE, RunInner, line_of, private_pid_namespace
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="Linux: pidfds and /proc"
@@ -96,17 +96,6 @@ def write(pytester: pytest.Pytester, source: str, name: str = "test_x") -> Path:
     """Write an inner test module and the helpers it imports; return its path."""
     pytester.makepyfile(inner_helpers=INNER_HELPERS)
     return pytester.makepyfile(**{name: dedent(source)})
-
-
-def line_of(path: Path, marker: str) -> int:
-    """The line number of the one line of ``path`` that carries ``marker``."""
-    lines = [
-        number
-        for number, line in enumerate(path.read_text().splitlines(), 1)
-        if marker in line
-    ]
-    assert len(lines) == 1, (marker, lines)
-    return lines[0]
 
 
 def pid_of(pytester: pytest.Pytester, name: str) -> int:
