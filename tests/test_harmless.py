@@ -631,16 +631,45 @@ def test_a_reused_pid_is_never_taken_for_a_popens_child(
     assert "exit 3" not in result.stdout.str()
 
 
+#: The later child that gets a reaped fork's pid before that fork is noted:
+#: how it is spawned (``later`` is its pid), what test_after asserts, and how
+#: the report names it.
+LATER_CHILDREN = {
+    "a Popen": (
+        """
+            popen = subprocess.Popen(["sh", "-c", "exit 9"])  # SPAWN
+            later = popen.pid
+            STATE["popen"] = popen
+        """,
+        'assert STATE["popen"].returncode == 9  # reaped through it',
+        "sh -c 'exit 9'",
+        "subprocess.Popen",
+    ),
+    "a fork": (
+        """
+            later = os.fork()  # SPAWN
+            if later == 0:
+                os._exit(9)
+        """,
+        # Left for the code that made it, which collects it now.
+        '_, status = os.waitpid(STATE["later"], 0)\n'
+        "            assert os.waitstatus_to_exitcode(status) == 9",
+        "[[]*[]] (forked by os.fork)",
+        "os.fork",
+    ),
+}
+
+
+@pytest.mark.parametrize("later", LATER_CHILDREN)
 def test_a_fork_noted_late_never_takes_the_record_of_a_later_child(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, later: str
 ) -> None:
     """Forks are noted in batches, after the fact. A fork's child is reaped
-    before it is noted, and a Popen's child gets its pid (forced through
+    before it is noted, and a later child gets its pid (forced through
     ``ns_last_pid`` in a private pid namespace): that child is reported once,
-    as the Popen's, and reaped through its Popen."""
-    path = write(
-        pytester,
-        """
+    as itself, with its own spawning line."""
+    spawn, after, command, spawned_by = LATER_CHILDREN[later]
+    source = """
         import os, subprocess
         from inner_helpers import wait_exited
 
@@ -653,29 +682,31 @@ def test_a_fork_noted_late_never_takes_the_record_of_a_later_child(
             os.waitpid(pid, 0)
             with open("/proc/sys/kernel/ns_last_pid", "w") as f:
                 f.write(str(pid - 1))
-            popen = subprocess.Popen(["sh", "-c", "exit 9"])  # SPAWN
-            assert popen.pid == pid, "the pid was not reused"
-            STATE["popen"] = popen
-            wait_exited(popen.pid)
+            SPAWN_LATER
+            assert later == pid, "the pid was not reused"
+            STATE["later"] = later
+            wait_exited(later)
 
         def test_after():
-            assert STATE["popen"].returncode == 9  # reaped through it
-        """,
+            AFTER
+        """
+    source = source.replace(
+        "SPAWN_LATER", dedent(spawn).strip().replace("\n", "\n" + " " * 12)
     )
+    path = write(pytester, source.replace("AFTER", after))
     result = run_as_pid_1(pytester)
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(
         [
             "*_ ERROR at teardown of test_pid_reused _*",
             "test left 1 zombie child process (exited, never waited for):",
-            "  pid *: sh -c 'exit 9'",
+            f"  pid *: {command}",
             "    ended: exited with code 9",
-            "    spawned by: subprocess.Popen during test_x.py::test_pid_reused (call)",
+            f"    spawned by: {spawned_by} during test_x.py::test_pid_reused (call)",
             f"    spawned at: test_x.py:{line_of(path, '# SPAWN')}",
             HINT,
         ]
     )
-    assert "os.fork" not in result.stdout.str()
 
 
 # --- 6. after an internal error, nothing more is judged ----------------------

@@ -167,6 +167,37 @@ def test_a_fork_is_recorded_and_its_pid_returned(
     assert spawn.status() == "gone"
 
 
+def test_forks_are_noted_in_batches_without_waiting_for_a_check(
+    tracker: Tracker,
+) -> None:
+    # A test that forks in a loop and never reaches a check: what is not
+    # noted yet stays bounded, and a child still running is noted meanwhile.
+    read_end, write_end = os.pipe()
+    first = os.fork()
+    if first == 0:  # pragma: no cover - child
+        os.close(write_end)
+        os.read(read_end, 1)  # until the parent closes its end
+        os._exit(0)
+    os.close(read_end)
+    try:
+        for _ in range(spawns._NOTE_EVERY + 10):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child
+                os._exit(0)
+            assert reap(pid) == 0
+        assert len(spawns._unnoted) < spawns._NOTE_EVERY
+        noted = tracker._records.get(first)  # not .records, which notes them
+        assert noted is not None
+        assert noted.identity == processes.identify(first)
+        # The fork that fills a batch is noted before its test reaps it.
+        reaped = [s for p, s in tracker._records.items() if p != first]
+        assert len(reaped) <= 1
+        assert all(spawn.status() == "gone" for spawn in reaped)
+    finally:
+        os.close(write_end)
+        assert reap(first) == 0
+
+
 @pytest.mark.parametrize("name", ["posix_spawn", "posix_spawnp"])
 def test_posix_spawn_is_recorded(tracker: Tracker, name: str) -> None:
     program = SH if name == "posix_spawn" else "sh"
